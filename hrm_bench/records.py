@@ -1,0 +1,155 @@
+"""Result rows -> results/*.csv plus a Markdown copy of each table, written atomically.
+
+The CSV is the record; the Markdown file beside it (runs.md next to runs.csv) is regenerated from
+it on every append for reading on GitHub. Both are written to a temporary file in the same folder
+and moved into place with os.replace, so a crash leaves the old table whole. A CSV whose header
+is not the expected one is refused, never rewritten. Cells are kept as the text they were written
+as, so SHAs and version strings round-trip unchanged. One writer at a time (rank 0).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import numbers
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# One row per run (results/runs.csv): the DESIGN.md contract, plus `cuda` after `torch` so the
+# row names both library versions. A column that does not apply to a run stays empty.
+RUN_COLUMNS = (
+    "date", "command", "commit", "suite", "model", "variant", "data", "data_provenance", "seed",
+    "hardware", "device", "n_gpus", "torch", "cuda", "params", "steps", "wall_s",
+    "train_examples_per_s", "train_tokens_per_s", "tflops", "mfu", "peak_mem_gib",
+    "exact_accuracy", "token_accuracy", "mean_halt_steps", "q_halt_accuracy",
+    "pass_at_1", "pass_at_2", "verifier_accuracy", "eval_puzzles_per_s",
+)  # fmt: skip
+# One row per performance measurement (results/perf.csv); path is "fast" or "reference".
+PERF_COLUMNS = (
+    "date", "command", "commit", "device", "profile", "path", "shape", "batch",
+    "train_examples_per_s", "eval_puzzles_per_s", "tflops", "mfu", "peak_mem_gib", "warmup_s",
+)  # fmt: skip
+SCALING_COLUMNS = PERF_COLUMNS + ("n_gpus", "scaling_efficiency")  # results/scaling.csv
+
+# Columns shown verbatim in Markdown; the others are numbers (floats to 4 significant digits, or
+# rounded to an integer from 10^4 up).
+# Needed because "13.0" (a CUDA version) and "1.30" (a float) look alike once stored as text.
+TEXT_COLUMNS = frozenset(
+    {"date", "command", "commit", "suite", "model", "variant", "data", "data_provenance", "hardware",
+     "device", "torch", "cuda", "profile", "path", "shape"}
+)  # fmt: skip
+
+
+def append_row(csv_path: str | Path, row: Mapping[str, object], columns: Sequence[str], header: str = "") -> None:
+    """Append `row` to the table at csv_path (created if missing) and rewrite its Markdown copy.
+
+    Keys of `row` must be in `columns`; missing ones become empty cells, as do None and NaN.
+    `header` is the text above the Markdown table (e.g. the FLOP formula, which data are stand-ins).
+    """
+    csv_path = Path(csv_path)
+    columns = list(columns)
+    unknown = [key for key in row if key not in columns]
+    if unknown:
+        raise ValueError(f"{csv_path}: unknown columns {unknown}; expected a subset of {columns}")
+    table = _read_table(csv_path, columns)
+    table.loc[len(table)] = [_cell(row.get(c)) for c in columns]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(csv_path, table.to_csv(index=False, lineterminator="\n"))
+    preamble = f"{header.strip()}\n\n" if header.strip() else ""
+    _write_atomic(csv_path.with_suffix(".md"), preamble + markdown_table(table))
+    logger.info("appended a row to %s (%d rows)", csv_path, len(table))
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table of `table`, whose cells are text as append_row stores them."""
+    columns = list(table.columns)
+    lines = [_markdown_line(columns), _markdown_line(["---"] * len(columns))]
+    for values in table.itertuples(index=False):
+        lines.append(_markdown_line([_format_cell(c, v) for c, v in zip(columns, values, strict=True)]))
+    return "\n".join(lines) + "\n"
+
+
+def git_commit(repo_dir: str | Path) -> str:
+    """Short SHA of HEAD, with "-dirty" if tracked or untracked files differ; "unknown" outside git."""
+    try:
+        sha = _git(repo_dir, "rev-parse", "--short", "HEAD")
+        dirty = _git(repo_dir, "status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def now_utc_iso() -> str:
+    """Current UTC time to the second, e.g. 2025-07-01T12:34:56Z."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _read_table(csv_path: Path, columns: list[str]) -> pd.DataFrame:
+    if not csv_path.exists():
+        return pd.DataFrame(columns=columns, dtype=str)
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if list(table.columns) != columns:
+        raise ValueError(
+            f"{csv_path}: header does not match the expected columns; refusing to rewrite it.\n"
+            f"  file:     {list(table.columns)}\n  expected: {columns}"
+        )
+    return table
+
+
+def _cell(value: object) -> str:
+    """The CSV text of a value: empty for None/NaN, shortest round-trip repr for floats."""
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+def _format_cell(column: str, text: str) -> str:
+    if column in TEXT_COLUMNS or not text:
+        return text
+    try:
+        int(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isnan(number):
+        return ""
+    return f"{number:.0f}" if abs(number) >= 1e4 else f"{number:.4g}"  # no 1.235e+04 for large counts
+
+
+def _markdown_line(cells: Sequence[str]) -> str:
+    escaped = (str(cell).replace("|", r"\|").replace("\n", " ") for cell in cells)
+    return "| " + " | ".join(escaped) + " |"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in path's folder, then os.replace it over path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _git(repo_dir: str | Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, check=True, timeout=10)
+    return result.stdout.strip()

@@ -1,0 +1,81 @@
+"""Checkpoints: atomic writes, `weights_only=True` loads, and enough state to resume bit-identically.
+
+A training checkpoint holds the model (puzzle-embedding table included), every optimizer, the step,
+the ACT carry (rows in flight are part of the training state), the data position, the RNG states,
+and, for reproducibility, the resolved configs, dataset metadata and git commit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from puzzle_hrm.model import HRM, HRMCarry, HRMInnerCarry
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; name the file either way
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {err}") from err
+
+
+def carry_to_dict(carry: HRMCarry | None) -> dict[str, torch.Tensor] | None:
+    if carry is None:
+        return None
+    flat = {"z_H": carry.inner_carry.z_H, "z_L": carry.inner_carry.z_L, "steps": carry.steps, "halted": carry.halted}
+    flat.update({f"data.{k}": v for k, v in carry.current_data.items()})
+    return flat
+
+
+def carry_from_dict(flat: dict[str, torch.Tensor] | None, device: torch.device) -> HRMCarry | None:
+    if flat is None:
+        return None
+    flat = {k: v.to(device) for k, v in flat.items()}
+    data = {k.removeprefix("data."): v for k, v in flat.items() if k.startswith("data.")}
+    return HRMCarry(HRMInnerCarry(flat["z_H"], flat["z_L"]), flat["steps"], flat["halted"], data)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_weights(model: HRM, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Strict load with an error that lists what differs (missing, unexpected, shape)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"checkpoint {where} does not fit the model:\n  missing: {missing}\n  unexpected: {unexpected}\n  shape mismatches: {shapes}")
+    model.load_state_dict(state_dict)

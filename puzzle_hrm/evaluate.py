@@ -1,0 +1,103 @@
+"""Evaluation: run every test puzzle through all halt_max_steps ACT segments.
+
+The official evaluation always runs halt_max_steps segments (eval mode never halts early) and
+scores the final answer; that exact accuracy is the paper's headline number. We also report
+where the learned Q-policy *would* halt (first segment with q_halt > q_continue) and the
+accuracy of the answer at that segment, so the value of ACT is visible in one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from puzzle_hrm.losses import IGNORE_LABEL_ID
+from puzzle_hrm.model import HRM, Batch
+
+
+@dataclass
+class EvalSums:
+    """Additive counters (reduced across ranks before the ratios are taken)."""
+
+    count: torch.Tensor
+    token_correct: torch.Tensor  # sum over puzzles of per-puzzle token accuracy
+    exact_correct: torch.Tensor
+    q_halt_correct: torch.Tensor  # (q_halt >= 0) == final answer correct
+    policy_exact_correct: torch.Tensor  # correct at the segment the Q-policy halts
+    halt_step_hist: torch.Tensor  # (halt_max_steps,) counts of the policy's halting segment
+
+
+def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: valid (has labels), token accuracy, exact correctness."""
+    mask = labels != IGNORE_LABEL_ID
+    n = mask.sum(-1)
+    correct = mask & (logits.argmax(-1) == labels)
+    return n > 0, correct.sum(-1) / n.clamp_min(1), correct.sum(-1) == n
+
+
+@torch.inference_mode()
+def rollout(model: HRM, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """All halt_max_steps segments; returns final outputs, the policy's halting segment (1-based)
+    and the prediction at that segment. No host sync inside the loop."""
+    carry = model.initial_carry(batch)
+    n_steps = model.config.halt_max_steps
+    halt_step = torch.full_like(carry.steps, n_steps)
+    policy_preds = None
+    for step in range(1, n_steps + 1):
+        carry, outputs = model(carry=carry, batch=batch)
+        preds = outputs["logits"].argmax(-1)
+        wants_halt = (outputs["q_halt_logits"] > outputs["q_continue_logits"]) & (halt_step == n_steps) & (step < n_steps)
+        halt_step = torch.where(wants_halt, step, halt_step)
+        policy_preds = preds if policy_preds is None else torch.where((halt_step == step).unsqueeze(-1), preds, policy_preds)
+    return outputs, halt_step, policy_preds
+
+
+def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torch.device, max_batches: int | None = None, keep_predictions: bool = False) -> dict:
+    """Metrics over the whole test split (all ranks' shares when distributed)."""
+    was_training = model.training
+    model.eval()
+    hist_len = model.config.halt_max_steps
+    sums = EvalSums(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(5)), torch.zeros(hist_len, device=device, dtype=torch.float64))
+    predictions = []
+    for i, (_, batch, _) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        outputs, halt_step, policy_preds = rollout(model, batch)
+        labels = batch["labels"]
+        valid, token_acc, exact = _score(outputs["logits"], labels)
+        policy_exact = ((policy_preds == labels) | (labels == IGNORE_LABEL_ID)).all(-1)
+        sums.count += valid.sum()
+        sums.token_correct += torch.where(valid, token_acc, 0).sum()
+        sums.exact_correct += (valid & exact).sum()
+        sums.q_halt_correct += (valid & ((outputs["q_halt_logits"] >= 0) == exact)).sum()
+        sums.policy_exact_correct += (valid & policy_exact).sum()
+        sums.halt_step_hist += torch.bincount(halt_step[valid].long() - 1, minlength=hist_len).to(torch.float64)
+        if keep_predictions:
+            predictions.append({"inputs": batch["inputs"][valid].cpu(), "predictions": outputs["logits"].argmax(-1)[valid].cpu(), "labels": labels[valid].cpu()})
+    model.train(was_training)
+    return summarize(sums, predictions if keep_predictions else None)
+
+
+def summarize(sums: EvalSums, predictions: list | None) -> dict:
+    if dist.is_available() and dist.is_initialized():
+        for tensor in vars(sums).values():
+            dist.all_reduce(tensor)
+    count = max(sums.count.item(), 1.0)
+    hist = sums.halt_step_hist.cpu()
+    steps = torch.arange(1, hist.numel() + 1, dtype=torch.float64)
+    result = {
+        "count": int(sums.count.item()),
+        "exact_accuracy": sums.exact_correct.item() / count,
+        "token_accuracy": sums.token_correct.item() / count,
+        "q_halt_accuracy": sums.q_halt_correct.item() / count,
+        "policy_exact_accuracy": sums.policy_exact_correct.item() / count,
+        "mean_halt_steps": float((hist * steps).sum() / count),
+        "halt_step_histogram": [int(x) for x in hist.tolist()],
+    }
+    if predictions is not None:
+        result["predictions"] = {k: torch.cat([p[k] for p in predictions]) for k in ("inputs", "predictions", "labels")} if predictions else {}
+    return result

@@ -1,0 +1,279 @@
+"""The one training loop (official `pretrain.py` semantics), used by every suite.
+
+Per step: one ACT segment on the carry (halted rows take fresh puzzles), loss summed over the
+batch and scaled by 1/global_batch_size, backward through the one-step gradient, gradients summed
+across ranks, the cosine-with-warm-up lr set on both optimizers, step. Evaluation every
+`eval_interval` epochs, checkpoints every `checkpoint_every` steps; `resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from puzzle_hrm import checkpoint as ckpt
+from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.data.format import DatasetMetadata
+from puzzle_hrm.data.loader import PuzzleLoader, official_total_steps
+from puzzle_hrm.evaluate import evaluate
+from puzzle_hrm.losses import act_loss
+from puzzle_hrm.model import HRM, Batch, HRMCarry
+from puzzle_hrm.optim import build_optimizers, cosine_schedule_with_warmup
+from puzzle_hrm.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Official `cfg_pretrain.yaml` names and defaults, plus our run controls below the line."""
+
+    data_path: str = "datasets/sudoku"
+    global_batch_size: int = 768
+    epochs: int = 100000
+    eval_interval: int = 10000  # in epochs, as in the official config
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    seed: int = 0
+    loss_type: str = "stablemax_cross_entropy"
+    # ---- ours ----
+    optimizer: str = "adamw"  # adamw | adam_atan2 (the official optimizer)
+    total_steps: int | None = None  # override the schedule length (default: official epochs formula)
+    max_steps: int | None = None  # stop early (a budgeted slice of the schedule)
+    max_train_seconds: float | None = None  # stop early after this much training wall time
+    device: str = "auto"
+    compile: bool = False
+    eval_max_batches: int | None = None  # cap evaluation (CPU profiles); None = the whole test split
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # steps; 0 = only at the end (when checkpoint_dir is set)
+    resume: bool = False  # continue from checkpoint_dir/last.pt if it exists
+    log_every: int = 50
+    progress: bool = True
+    wandb: bool = False
+    wandb_project: str = "hrm-bench"
+
+
+@dataclass
+class TrainState:
+    model: HRM
+    optimizers: list[torch.optim.Optimizer]
+    base_lrs: list[float]
+    total_steps: int
+    step: int = 0
+    carry: HRMCarry | None = None
+
+
+@dataclass
+class FitResult:
+    steps: int
+    train_seconds: float  # wall time of training steps only (no eval / checkpoint), synced
+    warmup_seconds: float  # wall time of the first step (compile, allocator warm-up)
+    train_examples: int  # examples processed by segments (global)
+    final_eval: dict
+    evals: list[dict] = field(default_factory=list)
+    last_train_metrics: dict = field(default_factory=dict)
+    model: HRM | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def model_config_for(arch: HRMConfig, metadata: DatasetMetadata, local_batch_size: int) -> HRMConfig:
+    """The dataset fixes seq_len, vocabulary and identifiers; the run fixes the per-rank batch."""
+    return dataclasses.replace(
+        arch, seq_len=metadata.seq_len, vocab_size=metadata.vocab_size, num_puzzle_identifiers=metadata.num_puzzle_identifiers, batch_size=local_batch_size
+    )
+
+
+def build_state(cfg: TrainConfig, arch: HRMConfig, metadata: DatasetMetadata, device: torch.device) -> TrainState:
+    rank, world_size = world()
+    torch.manual_seed(cfg.seed)  # same init on every rank ...
+    model = HRM(model_config_for(arch, metadata, cfg.global_batch_size // world_size)).to(device)
+    if world_size > 1:  # ... and made certain by a broadcast, as the official code does
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(tensor, src=0)
+    torch.manual_seed(cfg.seed + rank)  # per-rank stream for exploration
+    optimizers, base_lrs = build_optimizers(
+        model,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(cfg.beta1, cfg.beta2),
+        puzzle_emb_lr=cfg.puzzle_emb_lr,
+        puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+        world_size=world_size,
+        fused=device.type == "cuda",
+    )
+    total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
+    return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum gradients over ranks in one flat buffer (the loss is already scaled by 1/global batch)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(reduced)
+
+
+def train_step(state: TrainState, forward: Callable, batch: Batch, cfg: TrainConfig, world_size: int) -> dict[str, torch.Tensor]:
+    """One ACT segment: forward, backward, all-reduce, schedule, step. Returns summed metrics."""
+    state.step += 1  # the official schedule is evaluated at the post-increment step (1 for the first)
+    if state.carry is None:
+        state.carry = state.model.initial_carry(batch)
+    state.carry, outputs = forward(carry=state.carry, batch=batch)
+    loss, metrics = act_loss(state.carry, outputs, cfg.loss_type)
+    (loss / cfg.global_batch_size).backward()
+    if world_size > 1:
+        all_reduce_grads(list(state.model.parameters()))
+    lr = 0.0
+    for optimizer, base_lr in zip(state.optimizers, state.base_lrs):
+        lr = cosine_schedule_with_warmup(state.step, base_lr, cfg.lr_warmup_steps, state.total_steps, cfg.lr_min_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+    metrics["lr"] = torch.tensor(lr)
+    return metrics
+
+
+def reduce_train_metrics(sums: dict[str, torch.Tensor], global_batch_size: int, n_steps: int) -> dict[str, float]:
+    """Official post-processing: losses per example of the global batch, the rest per halted row."""
+    if dist.is_available() and dist.is_initialized():
+        names = sorted(k for k in sums if k != "lr")
+        stacked = torch.stack([sums[k].double() for k in names])
+        dist.all_reduce(stacked)
+        sums = {**sums, **dict(zip(names, stacked))}
+    count = max(sums["count"].item(), 1)
+    out = {}
+    for k, v in sums.items():
+        if k == "lr":
+            out[k] = v.item()
+        elif k.endswith("loss"):
+            out[k] = v.item() / (global_batch_size * n_steps)
+        elif k != "count":
+            out[k] = v.item() / count
+    out["count"] = sums["count"].item()
+    return out
+
+
+def save_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, cfg: TrainConfig, extra: dict[str, Any]) -> None:
+    ckpt.save_atomic(
+        {
+            "model": state.model.state_dict(),
+            "optimizers": [o.state_dict() for o in state.optimizers],
+            "step": state.step,
+            "total_steps": state.total_steps,
+            "carry": ckpt.carry_to_dict(state.carry),
+            "loader": loader.state_dict(),
+            "rng": ckpt.rng_state(),
+            "train_config": dataclasses.asdict(cfg),
+            "model_config": dataclasses.asdict(state.model.config),
+            **extra,
+        },
+        path,
+    )
+
+
+def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, device: torch.device) -> None:
+    saved = ckpt.load(path, map_location=device)
+    ckpt.load_model_weights(state.model, saved["model"], str(path))
+    for optimizer, opt_state in zip(state.optimizers, saved["optimizers"]):
+        optimizer.load_state_dict(opt_state)
+    state.step = saved["step"]
+    state.carry = ckpt.carry_from_dict(saved["carry"], device)
+    loader.load_state_dict(saved["loader"])
+    ckpt.set_rng_state(saved["rng"])
+    logger.info("resumed from %s at step %d", path, state.step)
+
+
+def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | None = None) -> FitResult:
+    """Train on cfg.data_path (official layout) and evaluate on its test split."""
+    rank, world_size = world()
+    device = resolve_device(cfg.device)
+    train_loader = PuzzleLoader(cfg.data_path, "train", cfg.global_batch_size, mode="train", seed=cfg.seed, epochs_per_iter=cfg.eval_interval, rank=rank, world_size=world_size)
+    state = build_state(cfg, arch, train_loader.metadata, device)
+    forward = torch.compile(state.model) if cfg.compile else state.model
+    ckpt_path = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
+        restore_training_checkpoint(ckpt_path, state, train_loader, device)
+
+    def run_eval() -> dict:
+        test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
+        return {"step": state.step, **evaluate(state.model, test_loader, device, max_batches=cfg.eval_max_batches)}
+
+    last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
+    eval_every = max(1, official_total_steps(train_loader.metadata, cfg.eval_interval, cfg.global_batch_size))
+    tracker = Tracker(cfg, total=last_step, initial=state.step, enabled=rank == 0)
+    result = FitResult(steps=state.step, train_seconds=0.0, warmup_seconds=0.0, train_examples=0, final_eval={})
+    sums: dict[str, torch.Tensor] = {}
+    window = 0
+    state.model.train()
+    batches = iter(train_loader)
+    while state.step < last_step and (cfg.max_train_seconds is None or result.train_seconds < cfg.max_train_seconds):
+        t0 = time.perf_counter()
+        _, batch, effective_batch = next(batches)  # fetched only when it will be trained on (resume)
+        metrics = train_step(state, forward, {k: v.to(device, non_blocking=True) for k, v in batch.items()}, cfg, world_size)
+        sums = {k: sums.get(k, 0) + v.detach() for k, v in metrics.items() if k != "lr"} | {"lr": metrics["lr"]}
+        window += 1
+        first = result.train_examples == 0
+        if state.step % cfg.log_every == 0 or state.step == last_step:
+            result.last_train_metrics = reduce_train_metrics(sums, cfg.global_batch_size, window)  # host sync
+            tracker.log({f"train/{k}": v for k, v in result.last_train_metrics.items()}, state.step)
+            sums, window = {}, 0
+        due_eval = state.step % eval_every == 0 and state.step < last_step
+        due_ckpt = ckpt_path is not None and cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0
+        if first or due_eval or due_ckpt:
+            synchronize(device)  # queued GPU work belongs to the training time
+        dt = time.perf_counter() - t0
+        if first:
+            result.warmup_seconds = dt
+        else:
+            result.train_seconds += dt
+        result.train_examples += effective_batch
+        tracker.advance()
+        if due_eval:
+            result.evals.append(run_eval())
+            tracker.log({f"eval/{k}": v for k, v in result.evals[-1].items() if isinstance(v, (int, float))}, state.step)
+        if due_ckpt and rank == 0:
+            save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
+    synchronize(device)
+    if ckpt_path and rank == 0:
+        save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
+    result.final_eval = run_eval()
+    result.evals.append(result.final_eval)
+    tracker.log({f"eval/{k}": v for k, v in result.final_eval.items() if isinstance(v, (int, float))}, state.step)
+    tracker.close()
+    result.steps = state.step
+    result.model = state.model
+    return result

@@ -1,0 +1,110 @@
+import re
+import subprocess
+
+import pandas as pd
+import pytest
+
+from hrm_bench import records
+from hrm_bench.records import (
+    PERF_COLUMNS,
+    RUN_COLUMNS,
+    SCALING_COLUMNS,
+    append_row,
+    git_commit,
+    markdown_table,
+    now_utc_iso,
+)
+
+COLUMNS = ("date", "commit", "cuda", "steps", "mfu", "wall_s")
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_column_contracts():
+    assert RUN_COLUMNS[RUN_COLUMNS.index("torch") + 1] == "cuda"
+    assert len(RUN_COLUMNS) == 30 and len(set(RUN_COLUMNS)) == 30
+    assert SCALING_COLUMNS == PERF_COLUMNS + ("n_gpus", "scaling_efficiency")
+    assert PERF_COLUMNS[:3] == ("date", "command", "commit") and PERF_COLUMNS[-1] == "warmup_s"
+
+
+def test_append_two_rows_and_read_back(tmp_path):
+    csv = tmp_path / "results" / "runs.csv"
+    append_row(csv, {"date": "2025-07-01T00:00:00Z", "commit": "0123abc", "cuda": "13.0", "mfu": 0.123456789}, COLUMNS)
+    append_row(csv, {"commit": "1234567", "steps": 100, "mfu": None, "wall_s": float("nan")}, COLUMNS)
+    table = read(csv)
+    assert list(table.columns) == list(COLUMNS)
+    assert table.values.tolist() == [
+        ["2025-07-01T00:00:00Z", "0123abc", "13.0", "", "0.123456789", ""],
+        ["", "1234567", "", "100", "", ""],
+    ]
+
+
+def test_unknown_column_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown columns \['accuracy', 'typo'\]"):
+        append_row(tmp_path / "runs.csv", {"date": "x", "accuracy": 1.0, "typo": 2}, COLUMNS)
+    assert not list(tmp_path.iterdir())
+
+
+def test_header_mismatch_names_the_file_and_leaves_it(tmp_path):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("date,commit,old_column\n2025,abc,1\n")
+    with pytest.raises(ValueError, match=re.escape(str(csv))):
+        append_row(csv, {"date": "2026"}, COLUMNS)
+    assert csv.read_text() == "date,commit,old_column\n2025,abc,1\n"
+
+
+def test_failed_write_keeps_the_old_table_and_no_temp_files(tmp_path, monkeypatch):
+    csv = tmp_path / "runs.csv"
+    append_row(csv, {"commit": "abc"}, COLUMNS)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+    def crash(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(records.os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        append_row(csv, {"commit": "def"}, COLUMNS)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # also: no temp files left
+
+
+def test_markdown_beside_csv_has_header_and_formatted_rows(tmp_path):
+    csv = tmp_path / "perf.csv"
+    header = "# Performance\n\nFLOPs: see hrm_bench/metrics.py. Rows marked stand-in are not the official data."
+    append_row(csv, {"commit": "a|b", "cuda": "13.0", "mfu": 0.123456, "wall_s": 123456.7, "steps": 7}, COLUMNS, header)
+    text = (tmp_path / "perf.md").read_text()
+    assert text.startswith(header + "\n\n| date | commit | cuda | steps | mfu | wall_s |\n| --- |")
+    assert "|  | a\\|b | 13.0 | 7 | 0.1235 | 123457 |" in text
+
+
+def test_markdown_table_number_formatting():
+    table = pd.DataFrame({"tflops": ["1.23456e-05", "nan", "", "2.5", "n/a"], "torch": ["2.10", "", "", "", ""]})
+    lines = markdown_table(table).splitlines()
+    assert lines[2:] == ["| 1.235e-05 | 2.10 |", "|  |  |", "|  |  |", "| 2.5 |  |", "| n/a |  |"]
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True)
+
+
+def test_git_commit_clean_dirty_and_not_a_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # even if pytest's tmp lies inside a repo
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a.txt").write_text("1")
+    git(repo, "add", "a.txt")
+    git(repo, "commit", "-q", "-m", "first")
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert git_commit(repo) == sha.stdout.strip()
+    (repo / "a.txt").write_text("2")
+    assert git_commit(repo) == sha.stdout.strip() + "-dirty"
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert git_commit(plain) == "unknown"
+
+
+def test_now_utc_iso():
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", now_utc_iso())
