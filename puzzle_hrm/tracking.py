@@ -41,7 +41,8 @@ class Tracker:
             return
         shown = {k.split("/")[-1]: f"{v:.4g}" for k, v in scalars.items() if k.endswith(("lm_loss", "exact_accuracy", "accuracy", "steps"))}
         self.bar.set_postfix(shown, refresh=False)
-        logger.debug("step %d %s", step, scalars)
+        # Without a bar (logs, batch jobs) the log line is the progress report.
+        logger.log(logging.DEBUG if self.bar.disable is False else logging.INFO, "step %d %s", step, {k: round(v, 5) for k, v in scalars.items()})
         if self.run is not None:
             self.run.log(scalars, step=step)
 
