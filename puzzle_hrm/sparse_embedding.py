@@ -25,6 +25,13 @@ class CastedSparseEmbedding(nn.Module):
         self.register_buffer("local_weights", torch.zeros(batch_size, embedding_dim, requires_grad=True), persistent=False)
         self.register_buffer("local_ids", torch.zeros(batch_size, dtype=torch.int32), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Moving a requires-grad buffer (.to(device), .double()) yields a non-leaf copy that an
+        # optimizer refuses and that never gets .grad; make it a leaf again.
+        super()._apply(fn, recurse)
+        self.local_weights = self.local_weights.detach().requires_grad_(True)
+        return self
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.weights[ids].to(self.cast_to)

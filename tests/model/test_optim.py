@@ -57,3 +57,12 @@ def test_optimizers_puzzle_embedding_first_with_its_own_lr(name):
 def test_unknown_optimizer_is_rejected():
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizers(HRM(tiny_config()), optimizer="sgd", lr=1, weight_decay=0, betas=(0.9, 0.9), puzzle_emb_lr=1, puzzle_emb_weight_decay=0)
+
+
+def test_moved_embedding_keeps_a_leaf_gradient_buffer():
+    emb = CastedSparseEmbedding(4, 2, batch_size=2, init_std=0, cast_to=torch.float64).double()  # a real copy, like .cuda()
+    assert emb.local_weights.is_leaf and emb.local_weights.requires_grad
+    opt = SparseEmbeddingSignSGD(emb.train(), lr=1.0, weight_decay=0.0)
+    emb(torch.tensor([3, 3], dtype=torch.int32)).sum().backward()
+    opt.step()
+    assert emb.weights[3].tolist() == [-1.0, -1.0]
