@@ -78,12 +78,13 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def git_commit(repo_dir: str | Path) -> str:
-    """Short SHA of HEAD, with "-dirty" if tracked or untracked files differ; "unknown" outside git."""
+    """Short SHA of HEAD, with "-dirty" if tracked or untracked files differ; outside git (e.g. a
+    copied working tree on a remote GPU) the HRM_BENCH_COMMIT environment variable, else "unknown"."""
     try:
         sha = _git(repo_dir, "rev-parse", "--short", "HEAD")
         dirty = _git(repo_dir, "status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("HRM_BENCH_COMMIT", "unknown")
     return f"{sha}-dirty" if dirty else sha
 
 

@@ -149,6 +149,7 @@ def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak
         "tflops": tflops,
         "mfu": metrics.mfu(tflops, plan.profile.mfu_peak_tflops, n_devices) if tflops else None,
         "peak_mem_gib": peak_mem_gib,
+        "eval_puzzles_per_s": final["count"] / final["eval_seconds"],
         "exact_accuracy": final["exact_accuracy"],
         "token_accuracy": final["token_accuracy"],
         "mean_halt_steps": final["mean_halt_steps"],
@@ -177,7 +178,7 @@ def run(plan: RunPlan) -> dict | None:
         result = fit(train_cfg, plan.arch, checkpoint_extra={"dataset_metadata": metadata.to_dict(), "commit": records.git_commit(REPO_ROOT)})
     if rank != 0:
         return None
-    row = result_row(dataclasses.replace(plan, train=train_cfg), result, metadata, memory.gib, time.perf_counter() - start)
+    row = result_row(dataclasses.replace(plan, train=train_cfg), result, metadata, memory.gib(), time.perf_counter() - start)
     records.append_row(plan.results_dir / "runs.csv", row, records.RUN_COLUMNS, RUNS_HEADER)
     print_summary(plan, row, result)
     return row
