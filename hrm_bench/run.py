@@ -123,7 +123,7 @@ def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak
     examples_per_s = (result.train_examples - plan.train.global_batch_size) / result.train_seconds if result.train_seconds > 0 else None
     flops = metrics.hrm_flops_per_example(cfg, training=True)
     tflops = metrics.model_tflops(flops, examples_per_s) if examples_per_s else None
-    n_devices = max(1, plan.profile.n_gpus if plan.profile.device == "cuda" and dist.is_initialized() else 1)
+    n_devices = dist.get_world_size() if dist.is_initialized() else 1  # examples/s above is the global rate
     final = result.final_eval
     provenance = metadata.provenance or {}
     return {
