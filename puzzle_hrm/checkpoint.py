@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.model import HRM, HRMCarry, HRMInnerCarry
 
 
@@ -79,3 +80,56 @@ def load_model_weights(model: HRM, state_dict: dict[str, torch.Tensor], where: s
     if missing or unexpected or shapes:
         raise ValueError(f"checkpoint {where} does not fit the model:\n  missing: {missing}\n  unexpected: {unexpected}\n  shape mismatches: {shapes}")
     model.load_state_dict(state_dict)
+
+
+# ---- official checkpoints (sapientinc/HRM pretrain.py saves the ACTLossHead's state_dict) ----
+OFFICIAL_PREFIXES = ("_orig_mod.", "model.")  # torch.compile wrapper, then the loss head's `model`
+
+
+def from_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`[_orig_mod.]model.inner.X` → `inner.X`; keys are otherwise identical by construction."""
+    converted = {}
+    for key, value in state_dict.items():
+        for prefix in OFFICIAL_PREFIXES:
+            key = key.removeprefix(prefix)
+        converted[key] = value
+    return converted
+
+
+def to_official_state_dict(model: HRM) -> dict[str, torch.Tensor]:
+    """Our weights under the official key names, loadable by the official evaluate/pretrain code."""
+    return {f"model.{k}": v for k, v in model.state_dict().items()}
+
+
+def read_official_arch(config_path: str | Path) -> dict[str, Any]:
+    """The `arch` section of the official all_config.yaml written beside each checkpoint."""
+    from omegaconf import OmegaConf
+
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: the official all_config.yaml must sit beside the checkpoint")
+    arch = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True).get("arch")
+    if not isinstance(arch, dict):
+        raise ValueError(f"{config_path} has no `arch` section")
+    return arch
+
+
+def load_official(path_or_state_dict: str | Path | dict, config: HRMConfig | dict, metadata=None) -> HRM:
+    """Our HRM holding an official checkpoint's weights.
+
+    `config` is an HRMConfig or the official `arch` dict; `metadata` (a DatasetMetadata) supplies
+    seq_len, vocab_size and num_puzzle_identifiers as the official code takes them from the data.
+    Mismatched keys or shapes raise a ValueError listing every difference.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        where, state_dict = str(path_or_state_dict), load(path_or_state_dict)
+    else:
+        where, state_dict = "<state_dict>", path_or_state_dict
+    if isinstance(config, dict):
+        values = dict(config)
+        if metadata is not None:
+            values.update(seq_len=metadata.seq_len, vocab_size=metadata.vocab_size, num_puzzle_identifiers=metadata.num_puzzle_identifiers)
+        config = HRMConfig.from_dict(values)
+    model = HRM(config)
+    load_model_weights(model, from_official_state_dict(state_dict), where)
+    return model

@@ -101,3 +101,58 @@ def summarize(sums: EvalSums, predictions: list | None) -> dict:
     if predictions is not None:
         result["predictions"] = {k: torch.cat([p[k] for p in predictions]) for k in ("inputs", "predictions", "labels")} if predictions else {}
     return result
+
+
+def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward_dtype: str) -> HRM:
+    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it;
+    `hf://org/repo` downloads one through huggingface_hub)."""
+    from pathlib import Path
+
+    from puzzle_hrm import checkpoint as ckpt
+    from puzzle_hrm.config import HRMConfig
+    from puzzle_hrm.data.format import DatasetMetadata
+
+    metadata = DatasetMetadata.from_json(Path(data_dir) / "test" / "dataset.json")
+    if checkpoint.startswith("hf://"):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(checkpoint.removeprefix("hf://")))
+        checkpoint = str(next(p for p in sorted(folder.iterdir()) if p.name.startswith("step_")))
+    saved = ckpt.load(checkpoint)
+    if "model_config" in saved:  # ours
+        config = HRMConfig(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype})
+        model = HRM(config)
+        ckpt.load_model_weights(model, saved["model"], checkpoint)
+    else:
+        arch = ckpt.read_official_arch(Path(checkpoint).parent / "all_config.yaml")
+        model = ckpt.load_official(saved, {**arch, "batch_size": batch_size, "forward_dtype": forward_dtype}, metadata)
+    if (model.config.seq_len, model.config.vocab_size) != (metadata.seq_len, metadata.vocab_size):
+        raise ValueError(f"checkpoint {checkpoint} (seq_len {model.config.seq_len}, vocab {model.config.vocab_size}) does not fit "
+                         f"{data_dir} (seq_len {metadata.seq_len}, vocab {metadata.vocab_size})")
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR [batch_size=768] [predictions=FILE.pt]"""
+    import json
+    import sys
+
+    from puzzle_hrm.checkpoint import save_atomic
+    from puzzle_hrm.data.loader import PuzzleLoader
+
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
+    unknown = set(args) - {"checkpoint", "data", "batch_size", "predictions", "device"}
+    if unknown or not {"checkpoint", "data"} <= set(args):
+        raise SystemExit(f"usage: {main.__doc__}  (unknown: {sorted(unknown)})")
+    device = torch.device(args.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    batch_size = int(args.get("batch_size", 768))
+    model = load_for_evaluation(args["checkpoint"], args["data"], batch_size, "bfloat16" if device.type == "cuda" else "float32").to(device)
+    loader = PuzzleLoader(args["data"], "test", batch_size, mode="test")
+    result = evaluate(model, loader, device, keep_predictions="predictions" in args)
+    if "predictions" in args:
+        save_atomic(result.pop("predictions"), args["predictions"])
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

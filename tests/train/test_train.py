@@ -88,3 +88,16 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(sudok
     single = weights(fit(small_train(sudoku4, max_steps=6), small_arch(halt_exploration_prob=0.0)))
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_evaluate_cli_on_a_training_checkpoint(sudoku4, tmp_path, capsys):
+    from puzzle_hrm.evaluate import main
+
+    trained = fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path)), small_arch())
+    main([f"checkpoint={tmp_path / 'last.pt'}", f"data={sudoku4}", "batch_size=8", f"predictions={tmp_path / 'preds.pt'}", "device=cpu"])
+    printed = capsys.readouterr().out
+    full = fit(small_train(sudoku4, max_steps=3, eval_max_batches=None), small_arch()).final_eval
+    assert f'"exact_accuracy": {full["exact_accuracy"]}' in printed
+    preds = torch.load(tmp_path / "preds.pt", weights_only=True)
+    assert preds["predictions"].shape == (full["count"], 16)
+    assert trained.steps == 3
