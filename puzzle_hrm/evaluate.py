@@ -117,7 +117,10 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(checkpoint.removeprefix("hf://")))
-        checkpoint = str(next(p for p in sorted(folder.iterdir()) if p.name.startswith("step_")))
+        names = [p for p in sorted(folder.iterdir()) if p.name == "checkpoint" or p.name.startswith("step_")]
+        if not names:
+            raise FileNotFoundError(f"{folder} (from {checkpoint}) holds no 'checkpoint' or 'step_*' file")
+        checkpoint = str(names[-1])
     saved = ckpt.load(checkpoint)
     if "model_config" in saved:  # ours
         config = HRMConfig(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype})

@@ -1,0 +1,134 @@
+"""`python -m hrm_bench.perf`: training and evaluation throughput of the HRM at fixed shapes.
+
+Random token batches (throughput does not depend on the data) through the real training step
+(`puzzle_hrm.train.train_step`: ACT segment, stablemax + Q losses, backward, SignSGD + AdamW) and
+the real evaluation rollout (`puzzle_hrm.evaluate.rollout`, halt_max_steps segments). Two paths in
+one run: `reference` = eager PyTorch, `fast` = the same module under torch.compile. Rows go to
+results/perf.csv (+ perf.md); the shapes are those of the official recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+
+import torch
+
+from hrm_bench import metrics, records
+from hrm_bench.profiles import HardwareProfile, detect_profile
+from hrm_bench.run import REPO_ROOT
+from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.evaluate import rollout
+from puzzle_hrm.model import HRM
+from puzzle_hrm.optim import build_optimizers
+from puzzle_hrm.train import TrainConfig, TrainState, synchronize, train_step
+
+# seq_len, vocab_size, num_puzzle_identifiers of the official data sets
+SHAPES = {"sudoku": (81, 11, 1), "maze": (900, 6, 1), "arc": (900, 12, 960_000)}
+PERF_HEADER = """# Throughput of the HRM (`python -m hrm_bench.perf`)
+
+Random batches at the official shapes; `reference` = eager, `fast` = torch.compile of the same
+module. train = one ACT segment per step (forward, target-Q forward, one-step-gradient backward,
+optimizer steps); eval = a full rollout of halt_max_steps segments. tflops/mfu: FLOP count of
+hrm_bench/metrics.py over the device's dense bf16 peak.
+"""
+
+
+def random_batch(cfg: HRMConfig, device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    shape = (cfg.batch_size, cfg.seq_len)
+    return {
+        "inputs": torch.randint(1, cfg.vocab_size, shape, generator=generator, dtype=torch.int32).to(device),
+        "labels": torch.randint(1, cfg.vocab_size, shape, generator=generator, dtype=torch.int32).to(device),
+        "puzzle_identifiers": torch.randint(0, cfg.num_puzzle_identifiers, (cfg.batch_size,), generator=generator, dtype=torch.int32).to(device),
+    }
+
+
+def timed(fn, n: int, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: torch.device) -> dict:
+    """Warm-up (compile) time, training examples/s, evaluation puzzles/s and peak memory."""
+    torch.manual_seed(0)
+    model = HRM(cfg).to(device)
+    forward = torch.compile(model) if path == "fast" else model
+    optimizers, base_lrs = build_optimizers(
+        model, optimizer="adamw", lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, fused=device.type == "cuda"
+    )
+    state = TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=10**9)
+    train_cfg = TrainConfig(global_batch_size=cfg.batch_size, lr_warmup_steps=0)
+    generator = torch.Generator().manual_seed(0)
+    batches = [random_batch(cfg, device, generator) for _ in range(4)]
+    counter = iter(range(10**9))
+
+    def step() -> None:
+        train_step(state, forward, batches[next(counter) % len(batches)], train_cfg, world_size=1)
+
+    with metrics.PeakMemory(device.type) as memory:
+        model.train()
+        warmup_s = timed(step, 3, device)  # compile + autotune + allocator
+        train_s = timed(step, steps, device)
+        model.eval()
+        timed(lambda: rollout(forward, batches[0]), 1, device)  # eval-mode compile
+        eval_s = timed(lambda: rollout(forward, batches[1]), eval_batches, device)
+    return {
+        "warmup_s": warmup_s,
+        "train_examples_per_s": steps * cfg.batch_size / train_s,
+        "eval_puzzles_per_s": eval_batches * cfg.batch_size / eval_s,
+        "peak_mem_gib": memory.gib(),
+    }
+
+
+def perf_row(profile: HardwareProfile, cfg: HRMConfig, shape: str, path: str, result: dict) -> dict:
+    tflops = metrics.model_tflops(metrics.hrm_flops_per_example(cfg, training=True), result["train_examples_per_s"])
+    return {
+        "date": records.now_utc_iso(),
+        "command": "python -m hrm_bench.perf " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": records.git_commit(REPO_ROOT),
+        "device": profile.device_name,
+        "profile": profile.name,
+        "path": path,
+        "shape": f"{shape} {cfg.seq_len}+{cfg.puzzle_emb_len}",
+        "batch": cfg.batch_size,
+        "tflops": tflops,
+        "mfu": metrics.mfu(tflops, profile.mfu_peak_tflops),
+        **result,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), nargs="+", default=["sudoku"])
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="default: the profile's batch size")
+    parser.add_argument("--path", choices=["reference", "fast"], nargs="+", default=["reference", "fast"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--eval-batches", type=int, default=5)
+    parser.add_argument("--hardware", default="auto")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--small", action="store_true", help="a 2-layer, 128-wide HRM (CPU smoke runs)")
+    args = parser.parse_args(argv)
+    profile = detect_profile(args.hardware)
+    device = torch.device(profile.device)
+    for shape in args.shape:
+        seq_len, vocab, identifiers = SHAPES[shape]
+        for batch in args.batch or [profile.batch_size]:
+            cfg = HRMConfig(seq_len=seq_len, vocab_size=vocab, num_puzzle_identifiers=identifiers, batch_size=batch, forward_dtype=profile.forward_dtype)
+            if args.small:
+                cfg = dataclasses.replace(cfg, hidden_size=128, puzzle_emb_ndim=128, H_layers=1, L_layers=1, num_puzzle_identifiers=min(identifiers, 1000))
+            for path in args.path:
+                row = perf_row(profile, cfg, shape, path, measure(cfg, path, args.steps, args.eval_batches, device))
+                records.append_row(f"{args.results_dir}/perf.csv", row, records.PERF_COLUMNS, PERF_HEADER)
+                print(f"{shape} batch={batch} {path}: train {row['train_examples_per_s']:.0f} ex/s, eval {row['eval_puzzles_per_s']:.0f} puzzles/s, "
+                      f"{row['tflops']:.1f} TFLOP/s, peak {row['peak_mem_gib']:.2f} GiB, warm-up {row['warmup_s']:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
