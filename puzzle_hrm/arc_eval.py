@@ -1,0 +1,85 @@
+"""ARC evaluation: undo each augmented prediction, vote per test pair, score pass@k, write a submission.
+
+As the official ARC evaluator (sapientinc/HRM, TRM evaluators/arc.py): every test pair is predicted once
+per augmented variant of its task; each prediction is cropped at the EOS border, mapped back through the
+inverse dihedral transform and colour permutation, and the variants vote. Candidates rank by summed
+weight (1 per prediction, or a confidence such as sigmoid(q_halt_logit)), then by count, then by first
+appearance. A test pair is solved at k if one of its top-k candidates equals the true output; a task scores
+the mean over its test pairs (ARC Prize scoring) and the overall score is the mean over tasks.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from puzzle_hrm.data.arc import ARCTask, TestExample, decode_grid, unaugment_grid
+from puzzle_hrm.data.format import atomic_write_text
+
+PASS_KS = (1, 2)
+
+
+@dataclass
+class ARCScores:
+    per_task: dict[str, dict[str, float]]  # task id -> {"pass@1": .., "pass@2": ..}
+    overall: dict[str, float]  # mean over tasks
+    top2: dict[str, list[list[np.ndarray]]]  # task id -> per test pair, up to 2 ranked candidate grids
+
+
+def vote(grids: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Distinct grids ranked by (summed weight, count, first appearance)."""
+    weights = np.ones(len(grids)) if weights is None else np.asarray(weights, np.float64)
+    stats: dict[tuple, list] = {}  # key -> [weight, count, first index, grid]
+    for i, (grid, w) in enumerate(zip(grids, weights)):
+        entry = stats.setdefault((grid.shape, grid.tobytes()), [0.0, 0, i, grid])
+        entry[0] += float(w)
+        entry[1] += 1
+    ranked = sorted(stats.values(), key=lambda e: (-e[0], -e[1], e[2]))
+    return [e[3] for e in ranked]
+
+
+def aggregate(
+    predictions: np.ndarray,
+    examples: Sequence[TestExample],
+    tasks: dict[str, ARCTask],
+    weights: Sequence[float] | None = None,
+    ks: Sequence[int] = PASS_KS,
+) -> ARCScores:
+    """Score (N, 900) predicted token rows, row n being a prediction for test-split row `examples[n]`
+    (see `read_test_examples`); `weights` (N,) optional per-prediction confidences."""
+    if len(predictions) != len(examples) or (weights is not None and len(weights) != len(examples)):
+        raise ValueError(f"need one prediction (and weight) per example: {len(predictions)} vs {len(examples)}")
+    candidates: dict[tuple[str, int], tuple[list, list]] = {}
+    for n, example in enumerate(examples):
+        grids, ws = candidates.setdefault((example.task_id, example.pair_index), ([], []))
+        grids.append(unaugment_grid(decode_grid(predictions[n]), example.name))
+        ws.append(1.0 if weights is None else weights[n])
+
+    per_task, top2 = {}, {}
+    for task_id in sorted({e.task_id for e in examples}):
+        task = tasks[task_id]
+        solved = np.zeros((len(task.test), len(ks)))
+        top2[task_id] = []
+        for pair_index, (_, target) in enumerate(task.test):
+            grids, ws = candidates.get((task_id, pair_index), ([], []))
+            ranked = vote(grids, ws)
+            top2[task_id].append(ranked[:2])
+            for j, k in enumerate(ks):
+                solved[pair_index, j] = any(np.array_equal(g, target) for g in ranked[:k])
+        per_task[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.mean(0))}
+    overall = {f"pass@{k}": float(np.mean([t[f"pass@{k}"] for t in per_task.values()])) for k in ks}
+    return ARCScores(per_task, overall, top2)
+
+
+def write_submission(path: str | Path, top2: dict[str, list[list[np.ndarray]]]) -> None:
+    """ARC Prize format {task_id: [{"attempt_1": grid, "attempt_2": grid} per test pair]}; a missing second
+    candidate repeats the first; an empty grid (or no candidate) becomes [[0]]."""
+    submission = {}
+    for task_id, pairs in top2.items():
+        submission[task_id] = []
+        for ranked in pairs:
+            attempts = [g.tolist() if g.size else [[0]] for g in ranked[:2]] or [[[0]]]
+            submission[task_id].append({"attempt_1": attempts[0], "attempt_2": attempts[-1]})
+    atomic_write_text(path, json.dumps(submission))
