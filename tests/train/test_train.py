@@ -101,3 +101,15 @@ def test_evaluate_cli_on_a_training_checkpoint(sudoku4, tmp_path, capsys):
     preds = torch.load(tmp_path / "preds.pt", weights_only=True)
     assert preds["predictions"].shape == (full["count"], 16)
     assert trained.steps == 3
+
+
+def test_wandb_logging_runs_offline(sudoku4, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    fit(small_train(sudoku4, max_steps=4, wandb=True), small_arch())
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))  # an offline run was written, no network
+    assert wandb.run is None  # finished
