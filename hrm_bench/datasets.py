@@ -11,11 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from puzzle_hrm.data import sudoku
+from puzzle_hrm.data import maze, sudoku
 
 logger = logging.getLogger(__name__)
 
-BUILDERS = {"sudoku": (sudoku.SudokuBuildConfig, sudoku.build)}
+BUILDERS = {"sudoku": (sudoku.SudokuBuildConfig, sudoku.build), "maze": (maze.MazeBuildConfig, maze.build)}
 
 
 def ensure_dataset(data: dict, build: bool = True) -> Path:

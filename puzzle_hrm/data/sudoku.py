@@ -8,36 +8,23 @@ puzzle lists (a labelled stand-in for Sudoku-Extreme) or from our generator.
     python -m puzzle_hrm.data.sudoku --source tdoku --max-puzzles 2000 --output-dir datasets/sudoku-tdoku
 """
 
-import argparse
-import csv
-import io
-import json
 import logging
 import tarfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from types import UnionType
-from typing import get_args, get_origin
 
 import numpy as np
-from huggingface_hub import hf_hub_download
 from tqdm import tqdm
 
+from puzzle_hrm.data import official_csv
 from puzzle_hrm.data.augment import random_sudoku_transform
-from puzzle_hrm.data.format import (
-    DatasetFormatError,
-    DatasetMetadata,
-    atomic_write_text,
-    read_json,
-    write_identifiers,
-    write_split,
-)
+from puzzle_hrm.data.format import DatasetFormatError
+from puzzle_hrm.data.official_csv import CSV_HEADER, SPLITS, OfficialTable, Staged  # noqa: F401 (re-exported)
 from puzzle_hrm.data.sudoku_solver import geometry, generate_puzzle, solve
 
 logger = logging.getLogger(__name__)
 
-CSV_HEADER = ["source", "question", "answer", "rating"]
-SPLITS = ("train", "test")
 _CHECK_ROWS = 1 << 18  # rows per chunk when validating CSV answers
 RATING_DEFINITION = (
     "backtracks: guesses that ended in a contradiction while puzzle_hrm.data.sudoku.solve searched for up "
@@ -53,19 +40,8 @@ TDOKU_FILES = (
 DEFAULT_TDOKU_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared/data/sudoku_tdoku_subset.tar.gz"
 
 @dataclass
-class SudokuTable:
+class SudokuTable(OfficialTable):
     """Rows of an official Sudoku CSV as arrays; grids are (N, n, n) uint8 with 0 = blank."""
-
-    source: list[str]
-    question: np.ndarray
-    answer: np.ndarray
-    rating: np.ndarray  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def subset(self, idx: np.ndarray) -> "SudokuTable":
-        return SudokuTable([self.source[i] for i in idx], self.question[idx], self.answer[idx], self.rating[idx])
 
 
 def generate_table(
@@ -145,27 +121,7 @@ def _first_invalid_row(question: np.ndarray, answer: np.ndarray, box: int) -> tu
 def read_csv(path: str | Path, box: int = 3, check_unique: bool = False) -> SudokuTable:
     """Read and validate an official Sudoku CSV; errors name the file and the 1-based data row."""
     path, n = Path(path), box * box
-    sources, questions, answers, ratings = [], [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise DatasetFormatError(f"{path}: header is {header}, expected {CSV_HEADER}")
-        for row, fields_ in enumerate(reader, start=1):
-            if len(fields_) != len(CSV_HEADER):
-                raise DatasetFormatError(f"{path}: row {row}: expected {len(CSV_HEADER)} columns, got {len(fields_)}")
-            source, question, answer, rating = fields_
-            for name, value in (("question", question), ("answer", answer)):
-                if len(value) != n * n:
-                    raise DatasetFormatError(f"{path}: row {row}: {name} has {len(value)} characters, expected {n * n}")
-            try:
-                ratings.append(int(rating))
-            except ValueError:
-                raise DatasetFormatError(f"{path}: row {row}: rating {rating!r} is not an integer") from None
-            sources.append(source)
-            questions.append(question)
-            answers.append(answer)
-
+    sources, questions, answers, ratings = official_csv.read_rows(path, n * n, int, "an integer")
     question = _decode(path, "question", questions, n, blanks=True)
     answer = _decode(path, "answer", answers, n, blanks=False)
     table = SudokuTable(sources, question, answer, np.array(ratings, np.int64))
@@ -182,12 +138,7 @@ def read_csv(path: str | Path, box: int = 3, check_unique: bool = False) -> Sudo
 
 def write_csv(path: str | Path, table: SudokuTable) -> None:
     """Official layout, '.' for blanks; written atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    questions, answers = _grid_strings(table.question), _grid_strings(table.answer)
-    writer.writerows(zip(table.source, questions, answers, table.rating.tolist()))
-    atomic_write_text(path, buf.getvalue())
+    official_csv.write_table(path, table, _grid_strings)
 
 
 # ----------------------------------------------------------------------------- offline sources
@@ -220,9 +171,6 @@ def read_tdoku(archive: str | Path, files: tuple[str, ...] = TDOKU_FILES) -> lis
                 raise DatasetFormatError(f"{archive}:{name}: line {line_no}: not an 81-character puzzle: {line[:90]!r}")
             entries.append((name, line.replace("0", ".")))
     return entries
-
-
-Staged = tuple[dict[str, SudokuTable], dict]  # CSV table of each split, provenance
 
 
 def _tdoku_tables(config: "SudokuBuildConfig", rng: np.random.Generator) -> Staged:
@@ -315,34 +263,12 @@ class SudokuBuildConfig:
 
 
 def _stage_source(config: SudokuBuildConfig, rng: np.random.Generator) -> tuple[dict[str, Path], dict]:
-    """CSV file of each split plus what is known of their origin. Offline sources are first written
-    as official-layout CSVs (with a provenance.json beside them) under <output_dir>/raw/."""
-    if config.source.startswith("hf://"):
-        repo = config.source.removeprefix("hf://")
-        files = {split: Path(hf_hub_download(repo, f"{split}.csv", repo_type="dataset")) for split in SPLITS}
-        return files, {
-            "source": config.source,
-            "files": [f"{repo}/{split}.csv" for split in SPLITS],
-            "stand_in": False,
-            "note": "official CSVs downloaded from the Hugging Face hub",
-            "rating": "tdoku backtrack count (official CSV column)",
-        }
-    if config.source in ("tdoku", "generate"):
-        tables, provenance = (_tdoku_tables if config.source == "tdoku" else _generated_tables)(config, rng)
-        folder = Path(config.output_dir) / "raw"
-        for split, table in tables.items():
-            write_csv(folder / f"{split}.csv", table)
-        atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=1))
-    else:
-        folder = Path(config.source)
-        if not folder.is_dir():
-            raise ValueError(f"source {config.source!r} is neither 'hf://<repo>', 'tdoku', 'generate' nor a folder")
-    sidecar = folder / "provenance.json"
-    provenance = read_json(sidecar) if sidecar.exists() else {
-        "source": str(folder), "files": [], "stand_in": False, "rating": "CSV rating column",
-        "note": "CSV folder without provenance.json: assumed to hold the official Sudoku-Extreme CSVs",
-    }
-    return {split: folder / f"{split}.csv" for split in SPLITS}, provenance
+    """CSV file of each split plus what is known of their origin; tdoku/generate tables are first
+    written as official-layout CSVs under <output_dir>/raw/ (see official_csv.stage_source)."""
+    generators = {"tdoku": partial(_tdoku_tables, config, rng), "generate": partial(_generated_tables, config, rng)}
+    return official_csv.stage_source(config.source, config.output_dir, generators, write_csv,
+                                     hub_rating="tdoku backtrack count (official CSV column)",
+                                     official_name="Sudoku-Extreme")
 
 
 def _examples(
@@ -368,71 +294,25 @@ def _build_split(
     if config.min_difficulty is not None:
         table = table.subset(np.flatnonzero(table.rating >= config.min_difficulty))
         counts["after_min_difficulty"] = len(table)
-    if split == "train" and config.subsample_size is not None and config.subsample_size < len(table):
-        table = table.subset(rng.choice(len(table), size=config.subsample_size, replace=False))
-        counts["after_subsample"] = len(table)
+    table = official_csv.subsample_train(table, split, config.subsample_size, rng, counts)
     if not len(table):
         logger.warning("%s: no puzzles left after filtering (%s)", split, counts)
     num_aug = config.num_aug if split == "train" else 0
     inputs, labels = _examples(table, num_aug, config.box, rng)
-    n = config.box**2
-    metadata = DatasetMetadata(
-        pad_id=0,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=n + 2,  # pad, blank, digits 1..n
-        seq_len=n * n,
-        num_puzzle_identifiers=1,
-        total_groups=len(table),
-        mean_puzzle_examples=1,
-        sets=["all"],
-        provenance={**provenance, "generator": "puzzle_hrm.data.sudoku", "params": asdict(config), "counts": counts},
-    )
-    arrays = {
-        "inputs": inputs,
-        "labels": labels,
-        "puzzle_identifiers": np.zeros(len(inputs), np.int32),  # every example is its own puzzle
-        "puzzle_indices": np.arange(len(inputs) + 1, dtype=np.int32),
-        "group_indices": np.arange(0, len(inputs) + 1, 1 + num_aug, dtype=np.int32),
-    }
-    logger.info("%s: %s -> %d examples in %d groups", split, counts, len(inputs), len(table))
-    return write_split(config.output_dir, split, metadata, {"all": arrays})
+    provenance = {**provenance, "generator": "puzzle_hrm.data.sudoku", "params": asdict(config), "counts": counts}
+    vocab_size = config.box**2 + 2  # pad, blank, digits 1..n
+    return official_csv.write_official_split(config.output_dir, split, inputs, labels, 1 + num_aug, vocab_size,
+                                             provenance, logger)
 
 
 def build(config: SudokuBuildConfig) -> Path:
     """Write <output_dir>/{train,test}/ and identifiers.json in the official layout; returns output_dir."""
-    stage_rng, build_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2))
-    files, provenance = _stage_source(config, stage_rng)
-    for split in SPLITS:
-        _build_split(config, split, read_csv(files[split], config.box, config.check_unique), build_rng, provenance)
-    write_identifiers(config.output_dir, ["<blank>"])
-    return Path(config.output_dir)
-
-
-def _cli_type(hint):
-    """The argparse type of a config field: `int | None` -> int."""
-    return next(t for t in get_args(hint) if t is not type(None)) if isinstance(hint, UnionType) else hint
+    read = partial(read_csv, box=config.box, check_unique=config.check_unique)
+    return official_csv.build_official(config, _stage_source, read, _build_split)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source-repo", help="official option: Hugging Face dataset repo (same as --source hf://REPO)")
-    src.add_argument("--source", default=SudokuBuildConfig.source, help="hf://<repo>, a CSV folder, tdoku, generate")
-    for f in fields(SudokuBuildConfig)[1:]:  # after source: one flag per field, same name
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            p.add_argument(flag, action="store_true")
-        elif get_origin(f.type) is tuple:
-            p.add_argument(flag, nargs="+", default=f.default)
-        else:
-            p.add_argument(flag, type=_cli_type(f.type), default=f.default)
-    args = vars(p.parse_args(argv))
-    source_repo = args.pop("source_repo")
-    config = SudokuBuildConfig(**{**args, "source": f"hf://{source_repo}" if source_repo else args["source"]})
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = build(config)
-    print(f"wrote {out}/train, {out}/test and {out}/identifiers.json from {config.source}")
+    official_csv.main(SudokuBuildConfig, build, argv, __doc__, source_help="hf://<repo>, a CSV folder, tdoku, generate")
 
 
 if __name__ == "__main__":

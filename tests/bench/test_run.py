@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hrm_bench import run as bench_run
+from hrm_bench.datasets import BUILDERS
 from hrm_bench.records import RUN_COLUMNS
 
 CONF = Path(bench_run.__file__).parent / "conf"
@@ -26,6 +27,9 @@ def test_every_config_composes_and_plans_or_names_the_missing_gpu(suite, model, 
         plan = bench_run.plan_from_config(cfg, overrides=[])
         assert plan.profile.name == "cpu" and plan.arch.forward_dtype == "float32"
         assert plan.train.max_train_seconds is not None  # the CPU tier is a bounded run
+        params = dict(plan.data)
+        config_cls, _ = BUILDERS[params.pop("builder")]
+        config_cls(**params)  # every data key is a real builder option
     else:
         with pytest.raises(ValueError, match="GPU"):
             bench_run.plan_from_config(cfg, overrides=[])

@@ -168,16 +168,9 @@ BAD_CSVS = {
 
 
 @pytest.mark.parametrize("case", BAD_CSVS, ids=list(BAD_CSVS))
-def test_csv_errors_name_file_and_row(tmp_path, case):
+def test_csv_errors_name_file_and_row(csv_error, case):
     edit, message = BAD_CSVS[case]
-    path = tmp_path / "bad.csv"
-    write_csv(path, small_table())
-    lines = path.read_text().splitlines()
-    edit(lines)
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetFormatError) as err:
-        read_csv(path)
-    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert message in csv_error(write_csv, read_csv, small_table(), edit)
 
 
 def test_csv_check_unique_flags_several_solutions(tmp_path):
@@ -255,23 +248,16 @@ def test_build_is_deterministic(tmp_path):
     assert not np.array_equal(a["inputs"], c["inputs"])
 
 
-def test_hub_path_and_official_filters(tmp_path, monkeypatch):
-    hub = tmp_path / "hub"
+def test_hub_path_and_official_filters(tmp_path, fake_hub):
+    hub = fake_hub.folder
     table = small_table(12, seed=4)
     table.rating[:] = np.arange(12)
     write_csv(hub / "train.csv", table)
     write_csv(hub / "test.csv", small_table(3, seed=5))
-    calls = []
-
-    def fake_download(repo_id, filename, repo_type):
-        calls.append((repo_id, filename, repo_type))
-        return str(hub / filename)
-
-    monkeypatch.setattr(sudoku, "hf_hub_download", fake_download)
     out = tmp_path / "out"
     sudoku.main(["--source-repo", "sapientinc/sudoku-extreme", "--output-dir", str(out), "--min-difficulty", "4",
                  "--subsample-size", "5", "--num-aug", "1"])
-    assert calls == [("sapientinc/sudoku-extreme", f"{split}.csv", "dataset") for split in ("train", "test")]
+    fake_hub.assert_downloaded_splits("sapientinc/sudoku-extreme")
     meta, arrays = read_split(out, "train")
     assert meta.provenance["stand_in"] is False and meta.provenance["source"] == "hf://sapientinc/sudoku-extreme"
     assert meta.provenance["counts"] == {"csv_rows": 12, "after_min_difficulty": 8, "after_subsample": 5}

@@ -78,6 +78,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, data: str, out: str)
         result = fit(small_train(data, max_steps=6), small_arch(halt_exploration_prob=0.0))
         torch.save(weights(result), os.path.join(out, f"rank{rank}.pt"))
     finally:
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
         dist.destroy_process_group()
 
 
