@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
 import time
 
 import torch
@@ -90,9 +88,7 @@ def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: to
 def perf_row(profile: HardwareProfile, cfg: HRMConfig, shape: str, path: str, result: dict) -> dict:
     tflops = metrics.model_tflops(metrics.hrm_flops_per_example(cfg, training=True), result["train_examples_per_s"])
     return {
-        "date": records.now_utc_iso(),
-        "command": "python -m hrm_bench.perf " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "commit": records.git_commit(REPO_ROOT),
+        **records.run_stamp("hrm_bench.perf", REPO_ROOT),
         "device": profile.device_name,
         "profile": profile.name,
         "path": path,

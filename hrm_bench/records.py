@@ -14,7 +14,9 @@ import logging
 import math
 import numbers
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,6 +88,15 @@ def git_commit(repo_dir: str | Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("HRM_BENCH_COMMIT", "unknown")
     return f"{sha}-dirty" if dirty else sha
+
+
+def run_stamp(module: str, repo_dir: str | Path) -> dict[str, str]:
+    """The date, command line and commit that open every result row."""
+    return {
+        "date": now_utc_iso(),
+        "command": f"python -m {module} " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": git_commit(repo_dir),
+    }
 
 
 def now_utc_iso() -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -127,9 +125,7 @@ def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak
     final = result.final_eval
     provenance = metadata.provenance or {}
     return {
-        "date": records.now_utc_iso(),
-        "command": "python -m hrm_bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "commit": records.git_commit(REPO_ROOT),
+        **records.run_stamp("hrm_bench.run", REPO_ROOT),
         "suite": plan.suite,
         "model": plan.model_name,
         "variant": plan.variant,
