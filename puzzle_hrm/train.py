@@ -54,7 +54,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adam_atan2 (the official optimizer)
     total_steps: int | None = None  # override the schedule length (default: official epochs formula)
     max_steps: int | None = None  # stop early (a budgeted slice of the schedule)
-    max_train_seconds: float | None = None  # stop early after this much training wall time
+    max_train_seconds: float | None = None  # stop early after this much training time (checked every log_every steps)
     device: str = "auto"
     compile: bool = False
     eval_max_batches: int | None = None  # cap evaluation (CPU profiles); None = the whole test split
@@ -98,6 +98,15 @@ def resolve_device(name: str) -> torch.device:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any (a collective: call it on all ranks)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor(float(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def world() -> tuple[int, int]:
@@ -242,7 +251,8 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     window = 0
     state.model.train()
     batches = iter(train_loader)
-    while state.step < last_step and (cfg.max_train_seconds is None or result.train_seconds < cfg.max_train_seconds):
+    out_of_time = False
+    while state.step < last_step and not out_of_time:
         t0 = time.perf_counter()
         _, batch, effective_batch = next(batches)  # fetched only when it will be trained on (resume)
         metrics = train_step(state, forward, {k: v.to(device, non_blocking=True) for k, v in batch.items()}, cfg, world_size)
@@ -269,7 +279,11 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
             tracker.log({f"eval/{k}": v for k, v in result.evals[-1].items() if isinstance(v, (int, float))}, state.step)
         if due_ckpt and rank == 0:
             save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
-    synchronize(device)
+        if cfg.max_train_seconds is not None and state.step % cfg.log_every == 0:
+            out_of_time = any_rank(result.train_seconds >= cfg.max_train_seconds, device)  # all ranks stop together
+    t0 = time.perf_counter()
+    synchronize(device)  # work still queued belongs to the training time
+    result.train_seconds += time.perf_counter() - t0
     if ckpt_path and rank == 0:
         save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
     result.final_eval = run_eval()

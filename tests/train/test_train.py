@@ -75,7 +75,8 @@ def test_resume_into_a_different_model_names_the_mismatch(sudoku4, tmp_path):
 def _ddp_worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        result = fit(small_train(data, max_steps=6), small_arch(halt_exploration_prob=0.0))
+        # a time budget that is never hit still runs the collective stop decision every log step
+        result = fit(small_train(data, max_steps=6, max_train_seconds=1e9), small_arch(halt_exploration_prob=0.0))
         torch.save(weights(result), os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.barrier()  # no rank tears gloo down while the other still talks to it
@@ -114,3 +115,8 @@ def test_wandb_logging_runs_offline(sudoku4, tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))  # an offline run was written, no network
     assert wandb.run is None  # finished
+
+
+def test_time_budget_stops_at_a_log_step(sudoku4):
+    result = fit(small_train(sudoku4, max_steps=12, max_train_seconds=0.0, log_every=4), small_arch())
+    assert result.steps == 4 and result.final_eval["count"] == 16
