@@ -240,7 +240,8 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     def run_eval() -> dict:
         test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
-        metrics = evaluate(state.model, test_loader, device, max_batches=cfg.eval_max_batches)  # ends with a host sync
+        # the compiled module when compiling (eval mode gets its own graph), else the model itself
+        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)

@@ -120,3 +120,12 @@ def test_wandb_logging_runs_offline(sudoku4, tmp_path, monkeypatch):
 def test_time_budget_stops_at_a_log_step(sudoku4):
     result = fit(small_train(sudoku4, max_steps=12, max_train_seconds=0.0, log_every=4), small_arch())
     assert result.steps == 4 and result.final_eval["count"] == 16
+
+
+def test_compiled_training_and_evaluation_match_eager(sudoku4):
+    eager = fit(small_train(sudoku4, max_steps=3), small_arch())
+    compiled = fit(small_train(sudoku4, max_steps=3, compile=True), small_arch())
+    for k, v in weights(eager).items():
+        torch.testing.assert_close(weights(compiled)[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert compiled.final_eval["count"] == eager.final_eval["count"]
+    assert compiled.final_eval["token_accuracy"] == pytest.approx(eager.final_eval["token_accuracy"], abs=1e-6)
