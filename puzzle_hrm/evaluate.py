@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from puzzle_hrm.losses import IGNORE_LABEL_ID
+from puzzle_hrm.losses import score_predictions
 from puzzle_hrm.model import HRM, Batch
 
 
@@ -28,14 +28,6 @@ class EvalSums:
     q_halt_correct: torch.Tensor  # (q_halt >= 0) == final answer correct
     policy_exact_correct: torch.Tensor  # correct at the segment the Q-policy halts
     halt_step_hist: torch.Tensor  # (halt_max_steps,) counts of the policy's halting segment
-
-
-def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: valid (has labels), token accuracy, exact correctness."""
-    mask = labels != IGNORE_LABEL_ID
-    n = mask.sum(-1)
-    correct = mask & (logits.argmax(-1) == labels)
-    return n > 0, correct.sum(-1) / n.clamp_min(1), correct.sum(-1) == n
 
 
 @torch.inference_mode()
@@ -68,8 +60,9 @@ def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torc
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         outputs, halt_step, policy_preds = rollout(model, batch)
         labels = batch["labels"]
-        valid, token_acc, exact = _score(outputs["logits"], labels)
-        policy_exact = ((policy_preds == labels) | (labels == IGNORE_LABEL_ID)).all(-1)
+        n_labels, correct, exact = score_predictions(outputs["logits"].argmax(-1), labels)
+        valid, token_acc = n_labels > 0, correct.sum(-1) / n_labels.clamp_min(1)
+        policy_exact = score_predictions(policy_preds, labels)[2]
         sums.count += valid.sum()
         sums.token_correct += torch.where(valid, token_acc, 0).sum()
         sums.exact_correct += (valid & exact).sum()

@@ -12,9 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from puzzle_hrm.model import HRMCarry
-
-IGNORE_LABEL_ID = -100
 
 
 def stablemax_s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
@@ -52,6 +51,14 @@ def get_loss_fn(name: str) -> Callable[..., torch.Tensor]:
     return LOSS_FUNCTIONS[name]
 
 
+def score_predictions(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: labelled tokens (B,), per-token correctness (B, L), whole sequence correct (B,)."""
+    mask = labels != IGNORE_LABEL_ID
+    counts = mask.sum(-1)
+    is_correct = mask & (predictions == labels)
+    return counts, is_correct, is_correct.sum(-1) == counts
+
+
 def act_loss(carry: HRMCarry, outputs: dict[str, torch.Tensor], loss_type: str = "stablemax_cross_entropy") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Summed (not averaged) loss of one segment and summed metric counters, as the official head.
 
@@ -63,11 +70,8 @@ def act_loss(carry: HRMCarry, outputs: dict[str, torch.Tensor], loss_type: str =
     labels = carry.current_data["labels"]
     logits = outputs["logits"]
     with torch.no_grad():
-        mask = labels != IGNORE_LABEL_ID
-        loss_counts = mask.sum(-1)
+        loss_counts, is_correct, seq_is_correct = score_predictions(logits.argmax(-1), labels)
         loss_divisor = loss_counts.clamp_min(1).unsqueeze(-1)
-        is_correct = mask & (logits.argmax(-1) == labels)
-        seq_is_correct = is_correct.sum(-1) == loss_counts
         valid = carry.halted & (loss_counts > 0)
         metrics = {
             "count": valid.sum(),
