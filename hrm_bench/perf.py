@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -53,11 +54,24 @@ def timed(fn, n: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: torch.device) -> dict:
-    """Warm-up (compile) time, training examples/s, evaluation puzzles/s and peak memory."""
+@dataclasses.dataclass
+class Bench:
+    """A model, its training step and its evaluation rollout on fixed random batches."""
+
+    model: HRM
+    forward: Callable
+    batches: list[dict[str, torch.Tensor]]
+    train_step: Callable[[], None]
+
+    def eval_step(self, i: int = 1) -> None:
+        rollout(self.forward, self.batches[i % len(self.batches)])
+
+
+def build_bench(cfg: HRMConfig, path: str, device: torch.device, compile_mode: str | None = None) -> Bench:
+    """`path` = reference (eager) or fast (torch.compile of the whole ACT module)."""
     torch.manual_seed(0)
     model = HRM(cfg).to(device)
-    forward = torch.compile(model) if path == "fast" else model
+    forward = torch.compile(model, mode=compile_mode) if path == "fast" else model
     optimizers, base_lrs = build_optimizers(
         model, optimizer="adamw", lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, fused=device.type == "cuda"
     )
@@ -70,13 +84,19 @@ def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: to
     def step() -> None:
         train_step(state, forward, batches[next(counter) % len(batches)], train_cfg, world_size=1)
 
+    return Bench(model, forward, batches, step)
+
+
+def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: torch.device, compile_mode: str | None = None) -> dict:
+    """Warm-up (compile) time, training examples/s, evaluation puzzles/s and peak memory."""
+    bench = build_bench(cfg, path, device, compile_mode)
     with metrics.PeakMemory(device.type) as memory:
-        model.train()
-        warmup_s = timed(step, 3, device)  # compile + autotune + allocator
-        train_s = timed(step, steps, device)
-        model.eval()
-        timed(lambda: rollout(forward, batches[0]), 1, device)  # eval-mode compile
-        eval_s = timed(lambda: rollout(forward, batches[1]), eval_batches, device)
+        bench.model.train()
+        warmup_s = timed(bench.train_step, 3, device)  # compile + autotune + allocator
+        train_s = timed(bench.train_step, steps, device)
+        bench.model.eval()
+        timed(lambda: bench.eval_step(0), 1, device)  # eval-mode compile
+        eval_s = timed(bench.eval_step, eval_batches, device)
     return {
         "warmup_s": warmup_s,
         "train_examples_per_s": steps * cfg.batch_size / train_s,
@@ -109,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-batches", type=int, default=5)
     parser.add_argument("--hardware", default="auto")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode of the fast path (default, max-autotune-no-cudagraphs, ...)")
     parser.add_argument("--small", action="store_true", help="a 2-layer, 128-wide HRM (CPU smoke runs)")
     args = parser.parse_args(argv)
     profile = detect_profile(args.hardware)
@@ -120,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.small:
                 cfg = dataclasses.replace(cfg, hidden_size=128, puzzle_emb_ndim=128, H_layers=1, L_layers=1, num_puzzle_identifiers=min(identifiers, 1000))
             for path in args.path:
-                row = perf_row(profile, cfg, shape, path, measure(cfg, path, args.steps, args.eval_batches, device))
+                row = perf_row(profile, cfg, shape, path, measure(cfg, path, args.steps, args.eval_batches, device, args.compile_mode))
                 records.append_row(f"{args.results_dir}/perf.csv", row, records.PERF_COLUMNS, PERF_HEADER)
                 print(f"{shape} batch={batch} {path}: train {row['train_examples_per_s']:.0f} ex/s, eval {row['eval_puzzles_per_s']:.0f} puzzles/s, "
                       f"{row['tflops']:.1f} TFLOP/s, peak {row['peak_mem_gib']:.2f} GiB, warm-up {row['warmup_s']:.1f} s", flush=True)

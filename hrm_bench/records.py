@@ -64,9 +64,9 @@ def append_row(csv_path: str | Path, row: Mapping[str, object], columns: Sequenc
     table = _read_table(csv_path, columns)
     table.loc[len(table)] = [_cell(row.get(c)) for c in columns]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(csv_path, table.to_csv(index=False, lineterminator="\n"))
+    write_atomic(csv_path, table.to_csv(index=False, lineterminator="\n"))
     preamble = f"{header.strip()}\n\n" if header.strip() else ""
-    _write_atomic(csv_path.with_suffix(".md"), preamble + markdown_table(table))
+    write_atomic(csv_path.with_suffix(".md"), preamble + markdown_table(table))
     logger.info("appended a row to %s (%d rows)", csv_path, len(table))
 
 
@@ -147,7 +147,7 @@ def _markdown_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(escaped) + " |"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in path's folder, then os.replace it over path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
