@@ -80,13 +80,16 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def git_commit(repo_dir: str | Path) -> str:
-    """Short SHA of HEAD, with "-dirty" if tracked or untracked files differ; outside git (e.g. a
-    copied working tree on a remote GPU) the HRM_BENCH_COMMIT environment variable, else "unknown"."""
+    """Short SHA of HEAD, with "-dirty" if tracked or untracked files differ. The HRM_BENCH_COMMIT
+    environment variable wins when set: a working tree copied to a remote GPU may carry a stale or
+    no .git, and the caller knows which commit it copied ("unknown" if neither is available)."""
+    if os.environ.get("HRM_BENCH_COMMIT"):
+        return os.environ["HRM_BENCH_COMMIT"]
     try:
         sha = _git(repo_dir, "rev-parse", "--short", "HEAD")
         dirty = _git(repo_dir, "status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("HRM_BENCH_COMMIT", "unknown")
+        return "unknown"
     return f"{sha}-dirty" if dirty else sha
 
 

@@ -90,6 +90,7 @@ def git(repo, *args):
 
 def test_git_commit_clean_dirty_and_not_a_repo(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # even if pytest's tmp lies inside a repo
+    monkeypatch.delenv("HRM_BENCH_COMMIT", raising=False)
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
@@ -108,3 +109,8 @@ def test_git_commit_clean_dirty_and_not_a_repo(tmp_path, monkeypatch):
 
 def test_now_utc_iso():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", now_utc_iso())
+
+
+def test_commit_override_wins_over_git(monkeypatch):
+    monkeypatch.setenv("HRM_BENCH_COMMIT", "abc1234")  # a copied tree may carry a stale .git
+    assert git_commit(".") == "abc1234"
