@@ -48,7 +48,7 @@ from hrm_bench.run import REPO_ROOT
 from puzzle_hrm.data.format import atomic_write_text
 
 DEFAULT_BASELINE = REPO_ROOT / "results" / "regress-baseline.json"
-DEFAULT_THRESHOLD = 1.35
+DEFAULT_THRESHOLD = 1.30
 DEFAULT_ROUNDS = 100
 SAMPLE_S = 0.01  # target duration of one timed sample
 WARMUP_S = 0.3  # per workload, at least WARMUP_CALLS calls

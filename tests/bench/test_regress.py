@@ -49,16 +49,16 @@ def test_scores_cancel_drift_and_bursts():
 
 
 def test_clean_run_passes_and_injected_slowdown_is_flagged():
-    clean = regress.compare(regress.scores(synthetic_samples()), BASELINE, threshold=1.35)
+    clean = regress.compare(regress.scores(synthetic_samples()), BASELINE, threshold=regress.DEFAULT_THRESHOLD)
     assert [c.status for c in clean] == ["ok", "ok"]
-    slowed = {c.name: c for c in regress.compare(regress.scores(synthetic_samples(loss_factor=1.6)), BASELINE, threshold=1.35)}
+    slowed = {c.name: c for c in regress.compare(regress.scores(synthetic_samples(loss_factor=1.6)), BASELINE, threshold=regress.DEFAULT_THRESHOLD)}
     assert slowed["loss"].regressed and slowed["loss"].status == "REGRESSION"
     assert slowed["loss"].slowdown == pytest.approx(1.6, rel=0.1)
     assert not slowed["loader"].regressed
 
 
 def test_a_workload_missing_from_the_baseline_is_reported_not_failed():
-    (comparison,) = regress.compare({"new_one": 3.0}, BASELINE, threshold=1.35)
+    (comparison,) = regress.compare({"new_one": 3.0}, BASELINE, threshold=regress.DEFAULT_THRESHOLD)
     assert comparison.slowdown is None and not comparison.regressed and comparison.status.startswith("new")
 
 
