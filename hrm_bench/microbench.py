@@ -83,7 +83,7 @@ class Bench:
         return next(iter(self.loader()))[1]
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(data_path=str(self.data_dir), global_batch_size=BATCH, lr_warmup_steps=0, total_steps=10**6, lr=1e-4)
+        return TrainConfig(data_path=str(self.data_dir), global_batch_size=BATCH, lr_warmup_steps=0, total_steps=10**6)
 
     def train_state(self) -> TrainState:
         return build_state(self.train_config(), ARCH, self.metadata, torch.device("cpu"))
