@@ -205,21 +205,21 @@ def _content_hash(pairs: list[Pair]) -> str:
     return hashlib.sha256("|".join(sorted(f"{grid_hash(i)}|{grid_hash(o)}" for i, o in pairs)).encode()).hexdigest()
 
 
-def augment_task(task: ARCTask, num_aug: int, rng: np.random.Generator) -> list[tuple[str, int, np.ndarray]]:
-    """(name, tid, mapping) of the original and up to `num_aug` distinct variants."""
+def augment_task(task: ARCTask, num_aug: int, rng: np.random.Generator) -> list[tuple[str, list[Pair]]]:
+    """(name, augmented train + test pairs) of the original and up to `num_aug` distinct variants."""
     pairs = task.train + task.test
-    identity = np.arange(10, dtype=np.uint8)
-    variants = [(task.task_id, 0, identity)]
+    variants = [(task.task_id, pairs)]
     hashes = {_content_hash(pairs)}
     for _ in range(AUGMENT_RETRIES_FACTOR * num_aug):
         if len(variants) > num_aug:
             break
         tid = int(rng.integers(8))
         mapping = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
-        h = _content_hash([(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs])
+        augmented = [(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs]
+        h = _content_hash(augmented)
         if h not in hashes:
             hashes.add(h)
-            variants.append((augment_name(task.task_id, tid, mapping), tid, mapping))
+            variants.append((augment_name(task.task_id, tid, mapping), augmented))
     if len(variants) <= num_aug:
         logger.info("task %s: only %d distinct variants", task.task_id, len(variants))
     return variants
@@ -245,15 +245,18 @@ class ARCBuildConfig:
             raise ValueError(f"need num_aug >= 0 and max_tasks >= 1; got {self.num_aug}, {self.max_tasks}")
 
 
-@dataclass
-class _Split:
-    """Examples of one split before tokenising."""
+class _SplitArrays:
+    """One split's arrays, filled puzzle by puzzle. Token rows are encoded straight into arrays
+    preallocated for the most rows the split can get (every variant distinct); the pages of rows
+    never written are never touched, so memory follows the rows actually built."""
 
-    pairs: list[Pair] = field(default_factory=list)
-    offsets: list[tuple[int, int]] = field(default_factory=list)
-    puzzle_ids: list[int] = field(default_factory=list)
-    puzzle_indices: list[int] = field(default_factory=lambda: [0])
-    group_indices: list[int] = field(default_factory=lambda: [0])
+    def __init__(self, capacity: int):
+        self.inputs = np.empty((capacity, SEQ_LEN), np.uint8)
+        self.labels = np.empty((capacity, SEQ_LEN), np.uint8)
+        self.num_examples = 0
+        self.puzzle_ids: list[int] = []
+        self.puzzle_indices = [0]
+        self.group_indices = [0]
 
     def add_puzzle(self, pairs: list[Pair], puzzle_id: int, rng: np.random.Generator | None) -> None:
         """Append a puzzle; with `rng`, random offsets for all pairs but one (official no_aug_id)."""
@@ -263,50 +266,84 @@ class _Split:
             if rng is not None and k != no_aug:
                 h, w = max(inp.shape[0], out.shape[0]), max(inp.shape[1], out.shape[1])
                 offset = (int(rng.integers(MAX_GRID - h + 1)), int(rng.integers(MAX_GRID - w + 1)))
-            self.pairs.append((inp, out))
-            self.offsets.append(offset)
+            self.inputs[self.num_examples] = encode_grid(inp, offset)
+            self.labels[self.num_examples] = encode_grid(out, offset)
+            self.num_examples += 1
         self.puzzle_ids.append(puzzle_id)
-        self.puzzle_indices.append(len(self.pairs))
+        self.puzzle_indices.append(self.num_examples)
+
+    def end_group(self) -> None:
+        if self.group_indices[-1] != len(self.puzzle_ids):
+            self.group_indices.append(len(self.puzzle_ids))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        tokens = np.empty((2, len(self.pairs), SEQ_LEN), np.uint8)
-        for n, ((inp, out), offset) in enumerate(zip(self.pairs, self.offsets)):
-            tokens[0, n], tokens[1, n] = encode_grid(inp, offset), encode_grid(out, offset)
         return {
-            "inputs": tokens[0],
-            "labels": tokens[1],
+            "inputs": self.inputs[: self.num_examples],
+            "labels": self.labels[: self.num_examples],
             "puzzle_identifiers": np.array(self.puzzle_ids, np.int32),
             "puzzle_indices": np.array(self.puzzle_indices, np.int32),
             "group_indices": np.array(self.group_indices, np.int32),
         }
+
+    def metadata(self, num_identifiers: int, provenance: dict) -> DatasetMetadata:
+        num_puzzles = len(self.puzzle_ids)
+        return DatasetMetadata(
+            pad_id=PAD,
+            ignore_label_id=PAD,
+            blank_identifier_id=0,
+            vocab_size=VOCAB_SIZE,
+            seq_len=SEQ_LEN,
+            num_puzzle_identifiers=num_identifiers,
+            total_groups=len(self.group_indices) - 1,
+            mean_puzzle_examples=self.num_examples / num_puzzles if num_puzzles else 0.0,
+            sets=["all"],
+            provenance=provenance,
+        )
+
+
+def _new_splits(tasks: list[ARCTask], config: ARCBuildConfig) -> dict[str, _SplitArrays]:
+    """Empty train/test splits sized for num_aug + 1 distinct variants of every task."""
+    test = sum(len(t.test) for t in tasks if t.set_name == config.test_set_name)
+    train = sum(len(t.train) + len(t.test) for t in tasks) - test
+    variants = config.num_aug + 1
+    return {"train": _SplitArrays(train * variants), "test": _SplitArrays(test * variants)}
+
+
+def _add_task(task: ARCTask, is_test: bool, splits: dict[str, _SplitArrays], names: list[str], num_aug: int,
+              rng: np.random.Generator) -> None:
+    """Every variant of `task` becomes a puzzle (named in `names`); all of them form one group per split."""
+    for name, pairs in augment_task(task, num_aug, rng):
+        names.append(name)
+        train_pairs = pairs[: len(task.train)] if is_test else pairs
+        if train_pairs:
+            splits["train"].add_puzzle(train_pairs, len(names) - 1, rng)
+        if is_test and task.test:
+            splits["test"].add_puzzle(pairs[len(task.train) :], len(names) - 1, None)
+    for split in splits.values():
+        split.end_group()
+
+
+def row_examples(puzzle_identifiers: np.ndarray, puzzle_indices: np.ndarray, names: list[str]) -> list[TestExample]:
+    """Where each row of a test split comes from: a puzzle's rows are its task's test pairs, in order."""
+    examples = []
+    for p, puzzle_id in enumerate(puzzle_identifiers):
+        name = names[puzzle_id]
+        task_id = parse_name(name)[0]
+        examples += [TestExample(task_id, k, name) for k in range(int(puzzle_indices[p + 1] - puzzle_indices[p]))]
+    return examples
 
 
 def build(config: ARCBuildConfig) -> Path:
     """Write <output_dir>/{train,test}/, identifiers.json, test_puzzles.json and test_examples.json."""
     rng = np.random.default_rng(config.seed)
     tasks = read_tasks(config.source, config.dataset_dirs, config.max_tasks)
+    splits = _new_splits(tasks, config)
     names = ["<blank>"]
-    splits = {"train": _Split(), "test": _Split()}
-    test_examples: list[TestExample] = []
     for task in tasks:
-        is_test = task.set_name == config.test_set_name
-        for name, tid, mapping in augment_task(task, config.num_aug, rng):
-            def aug(pairs):
-                return [(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs]
-            names.append(name)
-            train_pairs = aug(task.train) if is_test else aug(task.train + task.test)
-            if train_pairs:
-                splits["train"].add_puzzle(train_pairs, len(names) - 1, rng)
-            if is_test and task.test:
-                splits["test"].add_puzzle(aug(task.test), len(names) - 1, None)
-                test_examples += [TestExample(task.task_id, k, name) for k in range(len(task.test))]
-        for split in splits.values():
-            if split.group_indices[-1] != len(split.puzzle_ids):
-                split.group_indices.append(len(split.puzzle_ids))
+        _add_task(task, task.set_name == config.test_set_name, splits, names, config.num_aug, rng)
 
-    source = Path(config.source)
     provenance = {
-        "source": f"arc:{source.name}",
+        "source": f"arc:{Path(config.source).name}",
         "files": list(config.dataset_dirs),
         "stand_in": False,
         "note": "real ARC task files (see shared/data/PROVENANCE.md for the upstream commits)",
@@ -315,26 +352,15 @@ def build(config: ARCBuildConfig) -> Path:
         "counts": {"tasks": len(tasks), "test_tasks": sum(t.set_name == config.test_set_name for t in tasks)},
     }
     for split_name, split in splits.items():
-        num_puzzles = len(split.puzzle_ids)
-        metadata = DatasetMetadata(
-            pad_id=PAD,
-            ignore_label_id=PAD,
-            blank_identifier_id=0,
-            vocab_size=VOCAB_SIZE,
-            seq_len=SEQ_LEN,
-            num_puzzle_identifiers=len(names),
-            total_groups=len(split.group_indices) - 1,
-            mean_puzzle_examples=len(split.pairs) / num_puzzles if num_puzzles else 0.0,
-            sets=["all"],
-            provenance=provenance,
-        )
-        write_split(config.output_dir, split_name, metadata, {"all": split.arrays()})
-        logger.info("%s: %d examples, %d puzzles", split_name, len(split.pairs), num_puzzles)
+        write_split(config.output_dir, split_name, split.metadata(len(names), provenance), {"all": split.arrays()})
+        logger.info("%s: %d examples, %d puzzles", split_name, split.num_examples, len(split.puzzle_ids))
     out = Path(config.output_dir)
     write_identifiers(out, names)
     test_tasks = {t.task_id: t.raw for t in tasks if t.set_name == config.test_set_name}
     atomic_write_text(out / "test_puzzles.json", json.dumps(test_tasks))
-    atomic_write_text(out / "test_examples.json", json.dumps([[e.task_id, e.pair_index, e.name] for e in test_examples]))
+    test = splits["test"]
+    examples = row_examples(test.puzzle_ids, test.puzzle_indices, names)
+    atomic_write_text(out / "test_examples.json", json.dumps([[e.task_id, e.pair_index, e.name] for e in examples]))
     return out
 
 
