@@ -97,8 +97,8 @@ def summarize(sums: EvalSums, predictions: list | None) -> dict:
 
 
 def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward_dtype: str) -> HRM:
-    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it;
-    `hf://org/repo` downloads one through huggingface_hub)."""
+    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it);
+    `checkpoint` is a file, a folder or `hf://<org>/<repo>` (see checkpoint.checkpoint_file)."""
     from pathlib import Path
 
     from puzzle_hrm import checkpoint as ckpt
@@ -106,14 +106,7 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
     from puzzle_hrm.data.format import DatasetMetadata
 
     metadata = DatasetMetadata.from_json(Path(data_dir) / "test" / "dataset.json")
-    if checkpoint.startswith("hf://"):
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(checkpoint.removeprefix("hf://")))
-        names = [p for p in sorted(folder.iterdir()) if p.name == "checkpoint" or p.name.startswith("step_")]
-        if not names:
-            raise FileNotFoundError(f"{folder} (from {checkpoint}) holds no 'checkpoint' or 'step_*' file")
-        checkpoint = str(names[-1])
+    checkpoint = str(ckpt.checkpoint_file(checkpoint))
     saved = ckpt.load(checkpoint)
     if "model_config" in saved:  # ours
         config = HRMConfig(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype})
