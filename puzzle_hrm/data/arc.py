@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import tarfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,7 +49,7 @@ PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 VOCAB_SIZE = 10 + COLOUR_OFFSET
 AUGMENT_RETRIES_FACTOR = 5  # official ARCAugmentRetriesFactor
 SEPARATOR = "|||"  # official PuzzleIdSeparator
-DEFAULT_ARC_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared/data/arc_raw.tar.gz"
+DEFAULT_ARC_ARCHIVE = Path(__file__).resolve().parents[2] / "datasets/sources/arc/arc_raw.tar.gz"  # see its README
 ARC_AGI_1_DIRS = ["ARC-AGI/data/training", "ARC-AGI/data/evaluation", "ConceptARC/corpus"]
 
 Pair = tuple[np.ndarray, np.ndarray]  # (input grid, output grid), uint8 colours 0..9
@@ -323,13 +324,16 @@ def _add_task(task: ARCTask, is_test: bool, splits: dict[str, _SplitArrays], nam
         split.end_group()
 
 
-def row_examples(puzzle_identifiers: np.ndarray, puzzle_indices: np.ndarray, names: list[str]) -> list[TestExample]:
-    """Where each row of a test split comes from: a puzzle's rows are its task's test pairs, in order."""
-    examples = []
-    for p, puzzle_id in enumerate(puzzle_identifiers):
+def row_examples(row_identifiers: Sequence[int], names: Sequence[str]) -> list[TestExample]:
+    """Where each test-split row comes from, given its puzzle identifier (and identifiers.json's `names`):
+    a puzzle's rows are consecutive and are its task's test pairs, in order."""
+    examples: list[TestExample] = []
+    previous = None
+    for puzzle_id in row_identifiers:
         name = names[puzzle_id]
-        task_id = parse_name(name)[0]
-        examples += [TestExample(task_id, k, name) for k in range(int(puzzle_indices[p + 1] - puzzle_indices[p]))]
+        pair_index = examples[-1].pair_index + 1 if puzzle_id == previous else 0
+        examples.append(TestExample(parse_name(name)[0], pair_index, name))
+        previous = puzzle_id
     return examples
 
 
@@ -359,23 +363,36 @@ def build(config: ARCBuildConfig) -> Path:
     test_tasks = {t.task_id: t.raw for t in tasks if t.set_name == config.test_set_name}
     atomic_write_text(out / "test_puzzles.json", json.dumps(test_tasks))
     test = splits["test"]
-    examples = row_examples(test.puzzle_ids, test.puzzle_indices, names)
+    examples = row_examples(np.repeat(test.puzzle_ids, np.diff(test.puzzle_indices)).tolist(), names)
     atomic_write_text(out / "test_examples.json", json.dumps([[e.task_id, e.pair_index, e.name] for e in examples]))
     return out
+
+
+def read_test_tasks(root: str | Path) -> dict[str, ARCTask]:
+    """The original test-set tasks (test_puzzles.json, official format) of a built dataset."""
+    path = Path(root) / "test_puzzles.json"
+    raw_tasks = read_json(path)
+    if not isinstance(raw_tasks, dict):
+        raise DatasetFormatError(f"{path}: expected an object of tasks")
+    return {tid: parse_task(raw, f"{path}:{tid}", tid, "") for tid, raw in raw_tasks.items()}
+
+
+def check_examples(examples: Sequence[TestExample], tasks: dict[str, ARCTask], where: str) -> None:
+    """Every example names a task of `tasks` and one of its test pairs; else DatasetFormatError naming the row."""
+    for n, e in enumerate(examples):
+        if e.task_id not in tasks or not 0 <= e.pair_index < len(tasks[e.task_id].test):
+            raise DatasetFormatError(f"{where}: row {n} ({e}) has no test pair in test_puzzles.json")
 
 
 def read_test_examples(root: str | Path) -> tuple[list[TestExample], dict[str, ARCTask]]:
     """The test-split row map and the original test-set tasks written by `build`."""
     root = Path(root)
     rows = read_json(root / "test_examples.json")
-    raw_tasks = read_json(root / "test_puzzles.json")
-    if not isinstance(rows, list) or not isinstance(raw_tasks, dict):
-        raise DatasetFormatError(f"{root}: test_examples.json must be a list and test_puzzles.json an object")
-    tasks = {tid: parse_task(raw, f"{root / 'test_puzzles.json'}:{tid}", tid, "") for tid, raw in raw_tasks.items()}
+    if not isinstance(rows, list):
+        raise DatasetFormatError(f"{root / 'test_examples.json'}: expected a list of [task id, pair index, name]")
+    tasks = read_test_tasks(root)
     examples = [TestExample(str(t), int(k), str(n)) for t, k, n in rows]
-    for e in examples:
-        if e.task_id not in tasks or not 0 <= e.pair_index < len(tasks[e.task_id].test):
-            raise DatasetFormatError(f"{root / 'test_examples.json'}: {e} has no test pair in test_puzzles.json")
+    check_examples(examples, tasks, str(root / "test_examples.json"))
     return examples, tasks
 
 
