@@ -58,7 +58,6 @@ def arc_scores(data_dir: Path, rows: dict[str, torch.Tensor], vote: str, submiss
     """pass@1 / pass@2 over the test tasks; writes the ARC Prize submission JSON to `submission_path`."""
     weights = torch.sigmoid(rows["q_halt_logits"]).tolist() if vote == "q_halt" else None
     scores = arc_eval.score_test_split(data_dir, rows["predictions"].numpy(), rows["puzzle_identifiers"].numpy(), weights)
-    submission_path.parent.mkdir(parents=True, exist_ok=True)
     arc_eval.write_submission(submission_path, scores.top2)
     logger.info("ARC: %d tasks, %s; submission %s", len(scores.per_task), scores.overall, submission_path)
     return {"pass_at_1": scores.overall["pass@1"], "pass_at_2": scores.overall["pass@2"]}
