@@ -11,11 +11,15 @@ import json
 import logging
 from pathlib import Path
 
-from puzzle_hrm.data import maze, sudoku
+from puzzle_hrm.data import arc, maze, sudoku
 
 logger = logging.getLogger(__name__)
 
-BUILDERS = {"sudoku": (sudoku.SudokuBuildConfig, sudoku.build), "maze": (maze.MazeBuildConfig, maze.build)}
+BUILDERS = {
+    "sudoku": (sudoku.SudokuBuildConfig, sudoku.build),
+    "maze": (maze.MazeBuildConfig, maze.build),
+    "arc": (arc.ARCBuildConfig, arc.build),
+}
 
 
 def ensure_dataset(data: dict, build: bool = True) -> Path:

@@ -3,7 +3,8 @@
 The CSV is the record; the Markdown file beside it (runs.md next to runs.csv) is regenerated from
 it on every append for reading on GitHub. Both are written to a temporary file in the same folder
 and moved into place with os.replace, so a crash leaves the old table whole. A CSV whose header
-is not the expected one is refused, never rewritten. Cells are kept as the text they were written
+is not the expected one is refused, never rewritten, except an older table whose columns are the
+expected ones with some missing (a contract before columns were added): it gains them, empty. Cells are kept as the text they were written
 as, so SHAs and version strings round-trip unchanged. One writer at a time (rank 0).
 """
 
@@ -26,13 +27,14 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 # One row per run (results/runs.csv): the DESIGN.md contract, plus `cuda` after `torch` so the
-# row names both library versions. A column that does not apply to a run stays empty.
+# row names both library versions, and `valid_path_rate` (Maze: optimal S->G paths, see
+# puzzle_hrm.data.maze.path_metrics). A column that does not apply to a run stays empty.
 RUN_COLUMNS = (
     "date", "command", "commit", "suite", "model", "variant", "data", "data_provenance", "seed",
     "hardware", "device", "n_gpus", "torch", "cuda", "params", "steps", "wall_s",
     "train_examples_per_s", "train_tokens_per_s", "tflops", "mfu", "peak_mem_gib",
     "exact_accuracy", "token_accuracy", "mean_halt_steps", "q_halt_accuracy",
-    "pass_at_1", "pass_at_2", "verifier_accuracy", "eval_puzzles_per_s",
+    "pass_at_1", "pass_at_2", "valid_path_rate", "verifier_accuracy", "eval_puzzles_per_s",
 )  # fmt: skip
 # One row per performance measurement (results/perf.csv); path is "fast" or "reference".
 PERF_COLUMNS = (
@@ -108,15 +110,24 @@ def now_utc_iso() -> str:
 
 
 def _read_table(csv_path: Path, columns: list[str]) -> pd.DataFrame:
+    """The table at csv_path (empty if missing) with exactly `columns`; an older table whose columns are
+    `columns` in order with some missing gets those as empty cells."""
     if not csv_path.exists():
         return pd.DataFrame(columns=columns, dtype=str)
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if list(table.columns) != columns:
+    if not _is_subsequence(list(table.columns), columns):
         raise ValueError(
             f"{csv_path}: header does not match the expected columns; refusing to rewrite it.\n"
             f"  file:     {list(table.columns)}\n  expected: {columns}"
         )
-    return table
+    if missing := [c for c in columns if c not in table.columns]:
+        logger.info("%s: adding the new column(s) %s", csv_path, missing)
+    return table.reindex(columns=columns, fill_value="")
+
+
+def _is_subsequence(part: list[str], whole: list[str]) -> bool:
+    remaining = iter(whole)
+    return all(column in remaining for column in part)  # `in` advances the iterator: order is kept
 
 
 def _cell(value: object) -> str:

@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from hrm_bench import metrics, records
+from hrm_bench import metrics, records, scoring
 from hrm_bench.datasets import ensure_dataset
 from hrm_bench.profiles import HardwareProfile, detect_profile
+from hrm_bench.scoring import ScoringConfig
 from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.data.format import DatasetMetadata
 from puzzle_hrm.train import FitResult, TrainConfig, fit
@@ -39,6 +40,9 @@ official data set and are not comparable with the paper. `tflops` = model FLOP/s
 passes, plus the target-Q forward); `mfu` = tflops / the device's dense bf16 peak (empty on CPU).
 `peak_mem_gib` is CUDA max allocated on GPU, peak process RSS on CPU. `mean_halt_steps` is the
 segment where the learned Q-policy halts on the test set (evaluation itself always runs halt_max_steps).
+ARC rows: `pass_at_1` / `pass_at_2` are per task after voting over the augmented variants (the paper's
+and ARC Prize's measure; exact/token accuracy are per augmented test row). Maze rows: `valid_path_rate`
+counts predicted paths that join S to G through free cells in the fewest moves (any optimal path).
 """
 
 
@@ -56,6 +60,7 @@ class RunPlan:
     profile: HardwareProfile
     results_dir: Path
     paper: dict
+    scoring: ScoringConfig
 
 
 def tier_of(profile: HardwareProfile) -> str:
@@ -102,6 +107,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> Run
     train.update({"seed": cfg.seed, "device": profile.device})
     train["compile"] = profile.compile if cfg.hardware.compile is None else cfg.hardware.compile
     train.setdefault("checkpoint_dir", str(Path(cfg.checkpoint_root) / f"{suite['name']}-{model_name}-{profile.name}-seed{cfg.seed}"))
+    scoring.check_scorable(suite["data"]["builder"], train.get("eval_max_batches"))
     return RunPlan(
         suite=suite["name"],
         model_name=model_name,
@@ -113,6 +119,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> Run
         profile=profile,
         results_dir=Path(cfg.results_dir),
         paper=suite.get("paper", {}),
+        scoring=ScoringConfig(**suite.get("scoring", {})),
     )
 
 
@@ -169,19 +176,31 @@ def run(plan: RunPlan) -> dict | None:
     train_cfg = dataclasses.replace(plan.train, data_path=str(data_dir))
     metadata = DatasetMetadata.from_json(data_dir / "train" / "dataset.json")
     logger.info("suite=%s model=%s hardware=%s data=%s", plan.suite, plan.model_name, plan.profile.name, data_dir)
+    builder = plan.data["builder"]
     start = time.perf_counter()
     with metrics.PeakMemory(plan.profile.device) as memory:
-        result = fit(train_cfg, plan.arch, checkpoint_extra={"dataset_metadata": metadata.to_dict(), "commit": records.git_commit(REPO_ROOT)})
+        result = fit(train_cfg, plan.arch, checkpoint_extra={"dataset_metadata": metadata.to_dict(), "commit": records.git_commit(REPO_ROOT)},
+                     keep_predictions=scoring.PREDICTION_FIELDS.get(builder, ()))
     if rank != 0:
         return None
     row = result_row(dataclasses.replace(plan, train=train_cfg), result, metadata, memory.gib(), time.perf_counter() - start)
+    submission = submission_path(plan, row["date"])
+    row.update(scoring.suite_scores(builder, data_dir, result.final_eval.get("predictions", {}), plan.scoring, submission))
     records.append_row(plan.results_dir / "runs.csv", row, records.RUN_COLUMNS, RUNS_HEADER)
-    print_summary(plan, row, result)
+    print_summary(plan, row, result, submission if builder == "arc" else None)
     return row
 
 
-def print_summary(plan: RunPlan, row: dict, result: FitResult) -> None:
-    paper = plan.paper.get("exact_accuracy")
+def submission_path(plan: RunPlan, date: str) -> Path:
+    """Where an ARC run's submission JSON goes: results/submissions/<suite>-<model>-<hardware>-seed<n>-<date>.json."""
+    stamp = date.replace(":", "")
+    return plan.results_dir / "submissions" / f"{plan.suite}-{plan.model_name}-{plan.profile.name}-seed{plan.seed}-{stamp}.json"
+
+
+SUITE_SCORES = ("pass_at_1", "pass_at_2", "valid_path_rate")
+
+
+def print_summary(plan: RunPlan, row: dict, result: FitResult, submission: Path | None) -> None:
     lines = [
         f"suite={plan.suite} model={plan.model_name} hardware={plan.profile.name} ({plan.profile.device_name}) seed={plan.seed}",
         f"data: {row['data']} [{row['data_provenance']}]",
@@ -189,8 +208,13 @@ def print_summary(plan: RunPlan, row: dict, result: FitResult) -> None:
         f"exact_accuracy={row['exact_accuracy']:.4f} token_accuracy={row['token_accuracy']:.4f} "
         f"mean_halt_steps={row['mean_halt_steps']:.2f} halt histogram={result.final_eval['halt_step_histogram']}",
     ]
-    if paper is not None:
-        lines.append(f"paper ({plan.paper.get('source', '')}): exact_accuracy={paper}")
+    if scores := [f"{key}={row[key]:.4f}" for key in SUITE_SCORES if row.get(key) is not None]:
+        lines.append(" ".join(scores))
+    if submission is not None:
+        lines.append(f"ARC Prize submission: {submission}")
+    paper = {k: v for k, v in plan.paper.items() if k != "source"}
+    if paper:
+        lines.append(f"paper ({plan.paper.get('source', '')}): " + " ".join(f"{k}={v}" for k, v in paper.items()))
     lines.append(f"row appended to {plan.results_dir / 'runs.csv'} (+ runs.md)")
     print("\n".join(lines))
 

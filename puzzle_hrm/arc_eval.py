@@ -15,8 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from puzzle_hrm.data.arc import ARCTask, TestExample, decode_grid, unaugment_grid
-from puzzle_hrm.data.format import atomic_write_text
+from puzzle_hrm.data.arc import (
+    ARCTask,
+    TestExample,
+    check_examples,
+    decode_grid,
+    read_test_tasks,
+    row_examples,
+    unaugment_grid,
+)
+from puzzle_hrm.data.format import atomic_write_text, read_identifiers
 
 PASS_KS = (1, 2)
 
@@ -71,6 +79,21 @@ def aggregate(
         per_task[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.mean(0))}
     overall = {f"pass@{k}": float(np.mean([t[f"pass@{k}"] for t in per_task.values()])) for k in ks}
     return ARCScores(per_task, overall, top2)
+
+
+def score_test_split(
+    root: str | Path, predictions: np.ndarray, puzzle_identifiers: np.ndarray, weights: Sequence[float] | None = None
+) -> ARCScores:
+    """Score (N, 900) predictions of the test split of the dataset at `root`, row n predicting test row n,
+    whose puzzle identifier `puzzle_identifiers[n]` names its task and augmentation in identifiers.json."""
+    names = read_identifiers(root)
+    if len(puzzle_identifiers) and not 0 < int(np.min(puzzle_identifiers)) <= int(np.max(puzzle_identifiers)) < len(names):
+        raise ValueError(f"{root}: puzzle identifiers must lie in 1..{len(names) - 1} (identifiers.json); got "
+                         f"{int(np.min(puzzle_identifiers))}..{int(np.max(puzzle_identifiers))}")
+    examples = row_examples(np.asarray(puzzle_identifiers).tolist(), names)
+    tasks = read_test_tasks(root)
+    check_examples(examples, tasks, f"{root} (predictions)")
+    return aggregate(predictions, examples, tasks, weights)
 
 
 def write_submission(path: str | Path, top2: dict[str, list[list[np.ndarray]]]) -> None:

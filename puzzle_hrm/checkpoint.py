@@ -8,6 +8,7 @@ and, for reproducibility, the resolved configs, dataset metadata and git commit.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,37 @@ def from_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
 def to_official_state_dict(model: HRM) -> dict[str, torch.Tensor]:
     """Our weights under the official key names, loadable by the official evaluate/pretrain code."""
     return {f"model.{k}": v for k, v in model.state_dict().items()}
+
+
+HF_PREFIX = "hf://"
+OFFICIAL_WEIGHTS_NAME = "checkpoint"  # the weights file of the hub repos (sapientinc/HRM-checkpoint-*)
+_STEP_NAME = re.compile(r"step_(\d+)")  # official training runs: checkpoints/<project>/<run>/step_<N>
+OUR_WEIGHTS_NAME = "last.pt"  # puzzle_hrm.train
+
+
+def checkpoint_file(spec: str) -> Path:
+    """The weights file that `spec` names: a file; a folder holding a checkpoint; or `hf://<org>/<repo>`,
+    a hub repo laid out as the official ones (weights + all_config.yaml), downloaded through huggingface_hub."""
+    if spec.startswith(HF_PREFIX):
+        repo_id = spec.removeprefix(HF_PREFIX)
+        if repo_id.count("/") != 1:
+            raise ValueError(f"{spec}: expected {HF_PREFIX}<org>/<repo>, e.g. {HF_PREFIX}sapientinc/HRM-checkpoint-sudoku-extreme")
+        from huggingface_hub import snapshot_download
+
+        return weights_in_folder(Path(snapshot_download(repo_id=repo_id)), spec)
+    path = Path(spec)
+    return weights_in_folder(path, spec) if path.is_dir() else path
+
+
+def weights_in_folder(folder: Path, where: str) -> Path:
+    """`checkpoint` (hub repos), else the highest `step_<N>` (official runs), else `last.pt` (ours)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    steps = sorted((int(m.group(1)), m.group(0)) for m in map(_STEP_NAME.fullmatch, names) if m)
+    for name in (OFFICIAL_WEIGHTS_NAME, steps[-1][1] if steps else None, OUR_WEIGHTS_NAME):
+        if name in names:
+            return folder / name
+    raise FileNotFoundError(f"{where}: {folder} holds no weights file: looked for {OFFICIAL_WEIGHTS_NAME!r}, "
+                            f"'step_<N>' or {OUR_WEIGHTS_NAME!r}; found {names or 'no files'}")
 
 
 def read_official_arch(config_path: str | Path) -> dict[str, Any]:

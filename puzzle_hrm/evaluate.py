@@ -8,14 +8,17 @@ accuracy of the answer at that segment, so the value of ACT is visible in one ta
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
 
 from puzzle_hrm.losses import score_predictions
 from puzzle_hrm.model import HRM, Batch
+
+
+PREDICTION_FIELDS = ("inputs", "labels", "puzzle_identifiers", "predictions", "q_halt_logits")  # per test row
 
 
 @dataclass
@@ -47,20 +50,25 @@ def rollout(model: HRM, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Te
     return outputs, halt_step, policy_preds
 
 
-def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torch.device, max_batches: int | None = None, keep_predictions: bool = False) -> dict:
-    """Metrics over the whole test split (all ranks' shares when distributed)."""
+def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torch.device, max_batches: int | None = None,
+             keep_predictions: Sequence[str] = ()) -> dict:
+    """Metrics over the whole test split (all ranks' shares when distributed). `keep_predictions` names
+    PREDICTION_FIELDS to return per test row, in test-split order, under result["predictions"]."""
+    if unknown := sorted(set(keep_predictions) - set(PREDICTION_FIELDS)):
+        raise ValueError(f"keep_predictions: unknown fields {unknown}; known: {PREDICTION_FIELDS}")
     was_training = model.training
     model.eval()
     hist_len = model.config.halt_max_steps
     sums = EvalSums(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(5)), torch.zeros(hist_len, device=device, dtype=torch.float64))
     predictions = []
-    for i, (_, batch, _) in enumerate(batches):
+    for i, (_, batch, effective_batch) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         outputs, halt_step, policy_preds = rollout(model, batch)
         labels = batch["labels"]
-        n_labels, correct, exact = score_predictions(outputs["logits"].argmax(-1), labels)
+        preds = outputs["logits"].argmax(-1)
+        n_labels, correct, exact = score_predictions(preds, labels)
         valid, token_acc = n_labels > 0, correct.sum(-1) / n_labels.clamp_min(1)
         policy_exact = score_predictions(policy_preds, labels)[2]
         sums.count += valid.sum()
@@ -70,9 +78,26 @@ def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torc
         sums.policy_exact_correct += (valid & policy_exact).sum()
         sums.halt_step_hist += torch.bincount(halt_step[valid].long() - 1, minlength=hist_len).to(torch.float64)
         if keep_predictions:
-            predictions.append({"inputs": batch["inputs"][valid].cpu(), "predictions": outputs["logits"].argmax(-1)[valid].cpu(), "labels": labels[valid].cpu()})
+            rows = {**batch, "predictions": preds.to(torch.int32), "q_halt_logits": outputs["q_halt_logits"].float()}
+            predictions.append(rows_in_split_order({k: rows[k] for k in keep_predictions}, effective_batch))
     model.train(was_training)
     return summarize(sums, predictions if keep_predictions else None)
+
+
+def rows_in_split_order(local: dict[str, torch.Tensor], effective_batch: int) -> dict[str, torch.Tensor]:
+    """One test batch's rows from every rank, in test-split order, without padding, on the CPU.
+
+    The test loader gives rank r rows [r * B, (r + 1) * B) of each global batch, each rank's share padded
+    to B at its end, so the ranks' shares laid end to end hold the batch's `effective_batch` real rows first.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gathered = {}
+        for key, tensor in local.items():
+            parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, tensor.contiguous())
+            gathered[key] = torch.cat(parts)
+        local = gathered
+    return {key: tensor[:effective_batch].cpu() for key, tensor in local.items()}
 
 
 def summarize(sums: EvalSums, predictions: list | None) -> dict:
@@ -92,13 +117,13 @@ def summarize(sums: EvalSums, predictions: list | None) -> dict:
         "halt_step_histogram": [int(x) for x in hist.tolist()],
     }
     if predictions is not None:
-        result["predictions"] = {k: torch.cat([p[k] for p in predictions]) for k in ("inputs", "predictions", "labels")} if predictions else {}
+        result["predictions"] = {k: torch.cat([p[k] for p in predictions]) for k in predictions[0]} if predictions else {}
     return result
 
 
 def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward_dtype: str) -> HRM:
-    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it;
-    `hf://org/repo` downloads one through huggingface_hub)."""
+    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it);
+    `checkpoint` is a file, a folder or `hf://<org>/<repo>` (see checkpoint.checkpoint_file)."""
     from pathlib import Path
 
     from puzzle_hrm import checkpoint as ckpt
@@ -106,14 +131,7 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
     from puzzle_hrm.data.format import DatasetMetadata
 
     metadata = DatasetMetadata.from_json(Path(data_dir) / "test" / "dataset.json")
-    if checkpoint.startswith("hf://"):
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(checkpoint.removeprefix("hf://")))
-        names = [p for p in sorted(folder.iterdir()) if p.name == "checkpoint" or p.name.startswith("step_")]
-        if not names:
-            raise FileNotFoundError(f"{folder} (from {checkpoint}) holds no 'checkpoint' or 'step_*' file")
-        checkpoint = str(names[-1])
+    checkpoint = str(ckpt.checkpoint_file(checkpoint))
     saved = ckpt.load(checkpoint)
     if "model_config" in saved:  # ours
         config = HRMConfig(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype})
@@ -144,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = int(args.get("batch_size", 768))
     model = load_for_evaluation(args["checkpoint"], args["data"], batch_size, "bfloat16" if device.type == "cuda" else "float32").to(device)
     loader = PuzzleLoader(args["data"], "test", batch_size, mode="test")
-    result = evaluate(model, loader, device, keep_predictions="predictions" in args)
+    result = evaluate(model, loader, device, keep_predictions=PREDICTION_FIELDS if "predictions" in args else ())
     if "predictions" in args:
         save_atomic(result.pop("predictions"), args["predictions"])
     print(json.dumps(result, indent=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -226,8 +227,10 @@ def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoa
     logger.info("resumed from %s at step %d", path, state.step)
 
 
-def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | None = None) -> FitResult:
-    """Train on cfg.data_path (official layout) and evaluate on its test split."""
+def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | None = None,
+        keep_predictions: Sequence[str] = ()) -> FitResult:
+    """Train on cfg.data_path (official layout) and evaluate on its test split; the final evaluation
+    returns the `keep_predictions` fields per test row (see evaluate.PREDICTION_FIELDS)."""
     rank, world_size = world()
     device = resolve_device(cfg.device)
     train_loader = PuzzleLoader(cfg.data_path, "train", cfg.global_batch_size, mode="train", seed=cfg.seed, epochs_per_iter=cfg.eval_interval, rank=rank, world_size=world_size)
@@ -237,11 +240,11 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         restore_training_checkpoint(ckpt_path, state, train_loader, device)
 
-    def run_eval() -> dict:
+    def run_eval(keep: Sequence[str] = ()) -> dict:
         test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
         # the compiled module when compiling (eval mode gets its own graph), else the model itself
-        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches)  # ends with a host sync
+        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
@@ -287,7 +290,7 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     result.train_seconds += time.perf_counter() - t0
     if ckpt_path and rank == 0:
         save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
-    result.final_eval = run_eval()
+    result.final_eval = run_eval(keep_predictions)
     result.evals.append(result.final_eval)
     tracker.log({f"eval/{k}": v for k, v in result.final_eval.items() if isinstance(v, (int, float))}, state.step)
     tracker.close()

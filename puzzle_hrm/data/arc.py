@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import tarfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,7 +49,7 @@ PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 VOCAB_SIZE = 10 + COLOUR_OFFSET
 AUGMENT_RETRIES_FACTOR = 5  # official ARCAugmentRetriesFactor
 SEPARATOR = "|||"  # official PuzzleIdSeparator
-DEFAULT_ARC_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared/data/arc_raw.tar.gz"
+DEFAULT_ARC_ARCHIVE = Path(__file__).resolve().parents[2] / "datasets/sources/arc/arc_raw.tar.gz"  # see its README
 ARC_AGI_1_DIRS = ["ARC-AGI/data/training", "ARC-AGI/data/evaluation", "ConceptARC/corpus"]
 
 Pair = tuple[np.ndarray, np.ndarray]  # (input grid, output grid), uint8 colours 0..9
@@ -205,21 +206,21 @@ def _content_hash(pairs: list[Pair]) -> str:
     return hashlib.sha256("|".join(sorted(f"{grid_hash(i)}|{grid_hash(o)}" for i, o in pairs)).encode()).hexdigest()
 
 
-def augment_task(task: ARCTask, num_aug: int, rng: np.random.Generator) -> list[tuple[str, int, np.ndarray]]:
-    """(name, tid, mapping) of the original and up to `num_aug` distinct variants."""
+def augment_task(task: ARCTask, num_aug: int, rng: np.random.Generator) -> list[tuple[str, list[Pair]]]:
+    """(name, augmented train + test pairs) of the original and up to `num_aug` distinct variants."""
     pairs = task.train + task.test
-    identity = np.arange(10, dtype=np.uint8)
-    variants = [(task.task_id, 0, identity)]
+    variants = [(task.task_id, pairs)]
     hashes = {_content_hash(pairs)}
     for _ in range(AUGMENT_RETRIES_FACTOR * num_aug):
         if len(variants) > num_aug:
             break
         tid = int(rng.integers(8))
         mapping = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
-        h = _content_hash([(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs])
+        augmented = [(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs]
+        h = _content_hash(augmented)
         if h not in hashes:
             hashes.add(h)
-            variants.append((augment_name(task.task_id, tid, mapping), tid, mapping))
+            variants.append((augment_name(task.task_id, tid, mapping), augmented))
     if len(variants) <= num_aug:
         logger.info("task %s: only %d distinct variants", task.task_id, len(variants))
     return variants
@@ -245,15 +246,18 @@ class ARCBuildConfig:
             raise ValueError(f"need num_aug >= 0 and max_tasks >= 1; got {self.num_aug}, {self.max_tasks}")
 
 
-@dataclass
-class _Split:
-    """Examples of one split before tokenising."""
+class _SplitArrays:
+    """One split's arrays, filled puzzle by puzzle. Token rows are encoded straight into arrays
+    preallocated for the most rows the split can get (every variant distinct); the pages of rows
+    never written are never touched, so memory follows the rows actually built."""
 
-    pairs: list[Pair] = field(default_factory=list)
-    offsets: list[tuple[int, int]] = field(default_factory=list)
-    puzzle_ids: list[int] = field(default_factory=list)
-    puzzle_indices: list[int] = field(default_factory=lambda: [0])
-    group_indices: list[int] = field(default_factory=lambda: [0])
+    def __init__(self, capacity: int):
+        self.inputs = np.empty((capacity, SEQ_LEN), np.uint8)
+        self.labels = np.empty((capacity, SEQ_LEN), np.uint8)
+        self.num_examples = 0
+        self.puzzle_ids: list[int] = []
+        self.puzzle_indices = [0]
+        self.group_indices = [0]
 
     def add_puzzle(self, pairs: list[Pair], puzzle_id: int, rng: np.random.Generator | None) -> None:
         """Append a puzzle; with `rng`, random offsets for all pairs but one (official no_aug_id)."""
@@ -263,50 +267,87 @@ class _Split:
             if rng is not None and k != no_aug:
                 h, w = max(inp.shape[0], out.shape[0]), max(inp.shape[1], out.shape[1])
                 offset = (int(rng.integers(MAX_GRID - h + 1)), int(rng.integers(MAX_GRID - w + 1)))
-            self.pairs.append((inp, out))
-            self.offsets.append(offset)
+            self.inputs[self.num_examples] = encode_grid(inp, offset)
+            self.labels[self.num_examples] = encode_grid(out, offset)
+            self.num_examples += 1
         self.puzzle_ids.append(puzzle_id)
-        self.puzzle_indices.append(len(self.pairs))
+        self.puzzle_indices.append(self.num_examples)
+
+    def end_group(self) -> None:
+        if self.group_indices[-1] != len(self.puzzle_ids):
+            self.group_indices.append(len(self.puzzle_ids))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        tokens = np.empty((2, len(self.pairs), SEQ_LEN), np.uint8)
-        for n, ((inp, out), offset) in enumerate(zip(self.pairs, self.offsets)):
-            tokens[0, n], tokens[1, n] = encode_grid(inp, offset), encode_grid(out, offset)
         return {
-            "inputs": tokens[0],
-            "labels": tokens[1],
+            "inputs": self.inputs[: self.num_examples],
+            "labels": self.labels[: self.num_examples],
             "puzzle_identifiers": np.array(self.puzzle_ids, np.int32),
             "puzzle_indices": np.array(self.puzzle_indices, np.int32),
             "group_indices": np.array(self.group_indices, np.int32),
         }
+
+    def metadata(self, num_identifiers: int, provenance: dict) -> DatasetMetadata:
+        num_puzzles = len(self.puzzle_ids)
+        return DatasetMetadata(
+            pad_id=PAD,
+            ignore_label_id=PAD,
+            blank_identifier_id=0,
+            vocab_size=VOCAB_SIZE,
+            seq_len=SEQ_LEN,
+            num_puzzle_identifiers=num_identifiers,
+            total_groups=len(self.group_indices) - 1,
+            mean_puzzle_examples=self.num_examples / num_puzzles if num_puzzles else 0.0,
+            sets=["all"],
+            provenance=provenance,
+        )
+
+
+def _new_splits(tasks: list[ARCTask], config: ARCBuildConfig) -> dict[str, _SplitArrays]:
+    """Empty train/test splits sized for num_aug + 1 distinct variants of every task."""
+    test = sum(len(t.test) for t in tasks if t.set_name == config.test_set_name)
+    train = sum(len(t.train) + len(t.test) for t in tasks) - test
+    variants = config.num_aug + 1
+    return {"train": _SplitArrays(train * variants), "test": _SplitArrays(test * variants)}
+
+
+def _add_task(task: ARCTask, is_test: bool, splits: dict[str, _SplitArrays], names: list[str], num_aug: int,
+              rng: np.random.Generator) -> None:
+    """Every variant of `task` becomes a puzzle (named in `names`); all of them form one group per split."""
+    for name, pairs in augment_task(task, num_aug, rng):
+        names.append(name)
+        train_pairs = pairs[: len(task.train)] if is_test else pairs
+        if train_pairs:
+            splits["train"].add_puzzle(train_pairs, len(names) - 1, rng)
+        if is_test and task.test:
+            splits["test"].add_puzzle(pairs[len(task.train) :], len(names) - 1, None)
+    for split in splits.values():
+        split.end_group()
+
+
+def row_examples(row_identifiers: Sequence[int], names: Sequence[str]) -> list[TestExample]:
+    """Where each test-split row comes from, given its puzzle identifier (and identifiers.json's `names`):
+    a puzzle's rows are consecutive and are its task's test pairs, in order."""
+    examples: list[TestExample] = []
+    previous = None
+    for puzzle_id in row_identifiers:
+        name = names[puzzle_id]
+        pair_index = examples[-1].pair_index + 1 if puzzle_id == previous else 0
+        examples.append(TestExample(parse_name(name)[0], pair_index, name))
+        previous = puzzle_id
+    return examples
 
 
 def build(config: ARCBuildConfig) -> Path:
     """Write <output_dir>/{train,test}/, identifiers.json, test_puzzles.json and test_examples.json."""
     rng = np.random.default_rng(config.seed)
     tasks = read_tasks(config.source, config.dataset_dirs, config.max_tasks)
+    splits = _new_splits(tasks, config)
     names = ["<blank>"]
-    splits = {"train": _Split(), "test": _Split()}
-    test_examples: list[TestExample] = []
     for task in tasks:
-        is_test = task.set_name == config.test_set_name
-        for name, tid, mapping in augment_task(task, config.num_aug, rng):
-            def aug(pairs):
-                return [(augment_grid(i, tid, mapping), augment_grid(o, tid, mapping)) for i, o in pairs]
-            names.append(name)
-            train_pairs = aug(task.train) if is_test else aug(task.train + task.test)
-            if train_pairs:
-                splits["train"].add_puzzle(train_pairs, len(names) - 1, rng)
-            if is_test and task.test:
-                splits["test"].add_puzzle(aug(task.test), len(names) - 1, None)
-                test_examples += [TestExample(task.task_id, k, name) for k in range(len(task.test))]
-        for split in splits.values():
-            if split.group_indices[-1] != len(split.puzzle_ids):
-                split.group_indices.append(len(split.puzzle_ids))
+        _add_task(task, task.set_name == config.test_set_name, splits, names, config.num_aug, rng)
 
-    source = Path(config.source)
     provenance = {
-        "source": f"arc:{source.name}",
+        "source": f"arc:{Path(config.source).name}",
         "files": list(config.dataset_dirs),
         "stand_in": False,
         "note": "real ARC task files (see shared/data/PROVENANCE.md for the upstream commits)",
@@ -315,41 +356,43 @@ def build(config: ARCBuildConfig) -> Path:
         "counts": {"tasks": len(tasks), "test_tasks": sum(t.set_name == config.test_set_name for t in tasks)},
     }
     for split_name, split in splits.items():
-        num_puzzles = len(split.puzzle_ids)
-        metadata = DatasetMetadata(
-            pad_id=PAD,
-            ignore_label_id=PAD,
-            blank_identifier_id=0,
-            vocab_size=VOCAB_SIZE,
-            seq_len=SEQ_LEN,
-            num_puzzle_identifiers=len(names),
-            total_groups=len(split.group_indices) - 1,
-            mean_puzzle_examples=len(split.pairs) / num_puzzles if num_puzzles else 0.0,
-            sets=["all"],
-            provenance=provenance,
-        )
-        write_split(config.output_dir, split_name, metadata, {"all": split.arrays()})
-        logger.info("%s: %d examples, %d puzzles", split_name, len(split.pairs), num_puzzles)
+        write_split(config.output_dir, split_name, split.metadata(len(names), provenance), {"all": split.arrays()})
+        logger.info("%s: %d examples, %d puzzles", split_name, split.num_examples, len(split.puzzle_ids))
     out = Path(config.output_dir)
     write_identifiers(out, names)
     test_tasks = {t.task_id: t.raw for t in tasks if t.set_name == config.test_set_name}
     atomic_write_text(out / "test_puzzles.json", json.dumps(test_tasks))
-    atomic_write_text(out / "test_examples.json", json.dumps([[e.task_id, e.pair_index, e.name] for e in test_examples]))
+    test = splits["test"]
+    examples = row_examples(np.repeat(test.puzzle_ids, np.diff(test.puzzle_indices)).tolist(), names)
+    atomic_write_text(out / "test_examples.json", json.dumps([[e.task_id, e.pair_index, e.name] for e in examples]))
     return out
+
+
+def read_test_tasks(root: str | Path) -> dict[str, ARCTask]:
+    """The original test-set tasks (test_puzzles.json, official format) of a built dataset."""
+    path = Path(root) / "test_puzzles.json"
+    raw_tasks = read_json(path)
+    if not isinstance(raw_tasks, dict):
+        raise DatasetFormatError(f"{path}: expected an object of tasks")
+    return {tid: parse_task(raw, f"{path}:{tid}", tid, "") for tid, raw in raw_tasks.items()}
+
+
+def check_examples(examples: Sequence[TestExample], tasks: dict[str, ARCTask], where: str) -> None:
+    """Every example names a task of `tasks` and one of its test pairs; else DatasetFormatError naming the row."""
+    for n, e in enumerate(examples):
+        if e.task_id not in tasks or not 0 <= e.pair_index < len(tasks[e.task_id].test):
+            raise DatasetFormatError(f"{where}: row {n} ({e}) has no test pair in test_puzzles.json")
 
 
 def read_test_examples(root: str | Path) -> tuple[list[TestExample], dict[str, ARCTask]]:
     """The test-split row map and the original test-set tasks written by `build`."""
     root = Path(root)
     rows = read_json(root / "test_examples.json")
-    raw_tasks = read_json(root / "test_puzzles.json")
-    if not isinstance(rows, list) or not isinstance(raw_tasks, dict):
-        raise DatasetFormatError(f"{root}: test_examples.json must be a list and test_puzzles.json an object")
-    tasks = {tid: parse_task(raw, f"{root / 'test_puzzles.json'}:{tid}", tid, "") for tid, raw in raw_tasks.items()}
+    if not isinstance(rows, list):
+        raise DatasetFormatError(f"{root / 'test_examples.json'}: expected a list of [task id, pair index, name]")
+    tasks = read_test_tasks(root)
     examples = [TestExample(str(t), int(k), str(n)) for t, k, n in rows]
-    for e in examples:
-        if e.task_id not in tasks or not 0 <= e.pair_index < len(tasks[e.task_id].test):
-            raise DatasetFormatError(f"{root / 'test_examples.json'}: {e} has no test pair in test_puzzles.json")
+    check_examples(examples, tasks, str(root / "test_examples.json"))
     return examples, tasks
 
 

@@ -24,7 +24,7 @@ def read(path) -> pd.DataFrame:
 
 def test_column_contracts():
     assert RUN_COLUMNS[RUN_COLUMNS.index("torch") + 1] == "cuda"
-    assert len(RUN_COLUMNS) == 30 and len(set(RUN_COLUMNS)) == 30
+    assert len(RUN_COLUMNS) == 31 and len(set(RUN_COLUMNS)) == 31
     assert SCALING_COLUMNS == PERF_COLUMNS + ("n_gpus", "scaling_efficiency")
     assert PERF_COLUMNS[:3] == ("date", "command", "commit") and PERF_COLUMNS[-1] == "warmup_s"
 
@@ -53,6 +53,22 @@ def test_header_mismatch_names_the_file_and_leaves_it(tmp_path):
     with pytest.raises(ValueError, match=re.escape(str(csv))):
         append_row(csv, {"date": "2026"}, COLUMNS)
     assert csv.read_text() == "date,commit,old_column\n2025,abc,1\n"
+
+
+def test_older_table_without_a_new_column_gains_it(tmp_path):
+    csv = tmp_path / "runs.csv"
+    older = [c for c in RUN_COLUMNS if c != "valid_path_rate"]  # the contract before valid_path_rate
+    csv.write_text(",".join(older) + "\n" + ",".join(f"v{i}" for i in range(len(older))) + "\n")
+    append_row(csv, {"suite": "maze", "valid_path_rate": 0.5}, RUN_COLUMNS)
+    table = read(csv)
+    assert list(table.columns) == list(RUN_COLUMNS)
+    assert table.iloc[0]["valid_path_rate"] == "" and table.iloc[0]["pass_at_2"] == f"v{older.index('pass_at_2')}"
+    assert table.iloc[0][older].tolist() == [f"v{i}" for i in range(len(older))]
+    assert table.iloc[1]["suite"] == "maze" and table.iloc[1]["valid_path_rate"] == "0.5"
+    reordered = tmp_path / "reordered.csv"
+    reordered.write_text("commit,date\nabc,2025\n")  # same names, other order: not an older contract
+    with pytest.raises(ValueError, match="header does not match"):
+        append_row(reordered, {"date": "2026"}, COLUMNS)
 
 
 def test_failed_write_keeps_the_old_table_and_no_temp_files(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """`python -m hrm_bench.run`: every shipped config composes, and a tiny CPU run writes a real row."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hrm_bench import run as bench_run
 from hrm_bench.datasets import BUILDERS
 from hrm_bench.records import RUN_COLUMNS
+from puzzle_hrm.data.arc import DEFAULT_ARC_ARCHIVE
 
 CONF = Path(bench_run.__file__).parent / "conf"
 
@@ -43,19 +45,21 @@ def test_command_line_keys_win_over_the_suite_tier_block():
     assert plan.arch.H_cycles == 2 and plan.train.global_batch_size == 64
 
 
-def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
+def tiny_run(tmp_path, *overrides: str) -> dict:
+    """A few steps of a suite's CPU tier, writing under tmp_path; returns the row."""
     overrides = [
         f"results_dir={tmp_path / 'results'}",
         f"checkpoint_root={tmp_path / 'ckpt'}",
         f"suite.cpu.data.output_dir={tmp_path / 'data'}",
-        "suite.cpu.data.num_train=64",
-        "suite.cpu.data.num_test=16",
-        "++suite.train.max_steps=6",
         "++suite.train.progress=false",
-        "++suite.train.log_every=3",
+        *overrides,
     ]
-    plan = bench_run.plan_from_config(compose_cfg(overrides), overrides=overrides)
-    row = bench_run.run(plan)
+    return bench_run.run(bench_run.plan_from_config(compose_cfg(overrides), overrides=overrides))
+
+
+def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
+    row = tiny_run(tmp_path, "suite.cpu.data.num_train=64", "suite.cpu.data.num_test=16", "++suite.train.max_steps=6",
+                   "++suite.train.log_every=3")
     table = pd.read_csv(tmp_path / "results" / "runs.csv")
     assert list(table.columns) == list(RUN_COLUMNS) and len(table) == 1
     assert row["steps"] == 6 and row["hardware"] == "cpu" and row["suite"] == "sudoku"
@@ -64,3 +68,27 @@ def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
     assert 0.0 <= row["exact_accuracy"] <= row["token_accuracy"] <= 1.0
     assert (tmp_path / "results" / "runs.md").read_text().count("sudoku") >= 1
     assert (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.skipif(not DEFAULT_ARC_ARCHIVE.exists(), reason="ARC task archive not present")
+def test_tiny_arc_run_scores_pass_at_k_and_writes_the_submission(tmp_path):
+    row = tiny_run(tmp_path, "suite=arc1", "suite.cpu.data.max_tasks=1", "suite.cpu.data.num_aug=2", "++suite.train.max_steps=2",
+                   "++suite.train.log_every=1", "suite.cpu.train.global_batch_size=4", "model.hidden_size=16", "model.num_heads=2",
+                   "model.puzzle_emb_ndim=16", "suite.scoring.vote=q_halt")
+    assert row["suite"] == "arc1" and row["data_provenance"] == "arc:arc_raw.tar.gz"
+    assert 0.0 <= row["pass_at_1"] <= row["pass_at_2"] <= 1.0
+    (submission,) = (tmp_path / "results" / "submissions").iterdir()
+    assert submission.name.startswith("arc1-hrm_v1-cpu-seed0-")
+    attempts = json.loads(submission.read_text())
+    assert list(attempts) == ["00576224"]  # the first evaluation task; its one test pair, two attempts
+    assert len(attempts["00576224"]) == 1 and set(attempts["00576224"][0]) == {"attempt_1", "attempt_2"}
+    table = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert table["pass_at_2"].tolist() == [row["pass_at_2"]] and table["valid_path_rate"].isna().all()
+
+
+def test_tiny_maze_run_records_the_valid_path_rate(tmp_path):
+    row = tiny_run(tmp_path, "suite=maze", "suite.cpu.data.num_train=16", "suite.cpu.data.num_test=4", "++suite.data.min_path_length=40", "++suite.train.max_steps=2",
+                   "++suite.train.log_every=1", "suite.cpu.train.global_batch_size=4", "model.hidden_size=16", "model.num_heads=2",
+                   "model.puzzle_emb_ndim=16")
+    assert 0.0 <= row["exact_accuracy"] <= row["valid_path_rate"] <= 1.0  # an exact answer is a valid path
+    assert pd.read_csv(tmp_path / "results" / "runs.csv")["valid_path_rate"].tolist() == [row["valid_path_rate"]]

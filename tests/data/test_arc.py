@@ -1,6 +1,8 @@
 """ARC: task validation, grid encoding, augmentation round trips and the official-layout builder."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,34 @@ def test_build_real_tasks_from_archive(tmp_path):
     assert meta.total_groups == 9 and meta.provenance["files"] == ARCBuildConfig().dataset_dirs
     examples = check_test_split_round_trip(out)
     assert {e.task_id for e in examples} <= set(names) and len({e.task_id for e in examples}) == 3
+
+
+# Digests of builds made with the builder as it was before it encoded into preallocated arrays
+# (commit 8a70c81): the memory refactor must not change a byte. dataset.json is hashed without
+# provenance.params (it holds the machine's paths).
+TINY_BUILD_DIGEST = "0b9fe24cb441be9d814a10f0afe9a9d61ee001a2fb9ca6e6f6037693e0b3549e"
+REAL_BUILD_DIGEST = "2d3c1c3c3b34a07b916c4095fd7c12ebf90a6ec03a37708044f14b20d471498f"
+
+
+def build_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "dataset.json":
+            meta = json.loads(data)
+            del meta["provenance"]["params"]
+            data = json.dumps(meta, sort_keys=True).encode()
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def test_tiny_build_is_byte_identical_to_the_reference(tiny_arc, tmp_path):
+    out = build(ARCBuildConfig(source=str(tiny_arc[0]), dataset_dirs=["training", "evaluation"],
+                               output_dir=str(tmp_path / "out"), num_aug=8, seed=3))
+    assert build_digest(out) == TINY_BUILD_DIGEST
+
+
+@needs_arc
+def test_real_build_is_byte_identical_to_the_reference(tmp_path):
+    out = build(ARCBuildConfig(output_dir=str(tmp_path / "out"), num_aug=20, max_tasks=4, seed=1))
+    assert build_digest(out) == REAL_BUILD_DIGEST

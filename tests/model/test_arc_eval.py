@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from puzzle_hrm.arc_eval import aggregate, vote, write_submission
+from puzzle_hrm.arc_eval import aggregate, score_test_split, vote, write_submission
 from puzzle_hrm.data.arc import (
     ARCBuildConfig,
     ARCTask,
@@ -16,8 +16,9 @@ from puzzle_hrm.data.arc import (
     encode_grid,
     parse_name,
     read_test_examples,
+    row_examples,
 )
-from puzzle_hrm.data.format import read_split
+from puzzle_hrm.data.format import DatasetFormatError, read_identifiers, read_split
 
 A = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
 B = np.array([[7]], np.uint8)
@@ -75,7 +76,9 @@ def test_length_mismatch_is_an_error():
         aggregate(np.zeros((2, 900), np.uint8), [TestExample("t", 0, "t")], {"t": task("t", A)})
 
 
-def test_labels_of_a_built_dataset_score_perfectly(tmp_path):
+@pytest.fixture
+def built(tmp_path):
+    """An ARC build of three evaluation tasks (1 to 3 test pairs) with 5 augmentations."""
     src = tmp_path / "src" / "evaluation"
     src.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -83,11 +86,34 @@ def test_labels_of_a_built_dataset_score_perfectly(tmp_path):
         pairs = [{"input": rng.integers(0, 10, (3, 4)).tolist(), "output": rng.integers(0, 10, (4, 2 + k)).tolist()}
                  for _ in range(2 + k)]
         (src / f"task{k}.json").write_text(json.dumps({"train": pairs[:2], "test": pairs[2:] or pairs[:1]}))
-    out = build(ARCBuildConfig(source=str(tmp_path / "src"), dataset_dirs=["evaluation"], output_dir=str(tmp_path / "out"),
-                               num_aug=5))
-    examples, tasks = read_test_examples(out)
-    _, test = read_split(out, "test")
+    return build(ARCBuildConfig(source=str(tmp_path / "src"), dataset_dirs=["evaluation"], output_dir=str(tmp_path / "out"),
+                                num_aug=5))
+
+
+def test_labels_of_a_built_dataset_score_perfectly(built):
+    examples, tasks = read_test_examples(built)
+    _, test = read_split(built, "test")
     scores = aggregate(np.asarray(test["all"]["labels"]), examples, tasks)
     assert scores.overall == {"pass@1": 1.0, "pass@2": 1.0} and len(scores.per_task) == 3
     blank = aggregate(np.zeros_like(test["all"]["labels"]), examples, tasks)
     assert blank.overall == {"pass@1": 0.0, "pass@2": 0.0}
+
+
+def test_score_test_split_maps_rows_through_identifiers(built):
+    _, test = read_split(built, "test")
+    split = test["all"]
+    row_ids = np.repeat(split["puzzle_identifiers"], np.diff(split["puzzle_indices"]))
+    examples = read_test_examples(built)[0]
+    assert row_examples(row_ids.tolist(), read_identifiers(built)) == examples
+    labels = np.asarray(split["labels"])
+    assert score_test_split(built, labels, row_ids).overall == {"pass@1": 1.0, "pass@2": 1.0}
+    first: dict[str, int] = {}
+    for n, example in enumerate(examples):
+        first.setdefault(example.task_id, n)
+    wrong = labels.copy()
+    wrong[first["task0"]] = labels[first["task1"]]  # one variant of task0 answers with task1's output: outvoted
+    assert score_test_split(built, wrong, row_ids).overall["pass@1"] == 1.0
+    with pytest.raises(ValueError, match=r"puzzle identifiers must lie in 1\.\."):
+        score_test_split(built, labels, np.zeros_like(row_ids))  # padding rows (blank identifier 0) slipped in
+    with pytest.raises(DatasetFormatError, match="row 1 .* no test pair"):
+        score_test_split(built, labels[:3], np.repeat(row_ids[:1], 3))  # task0 has 1 test pair, not 3

@@ -3,11 +3,23 @@ our forward pass equals an independent functional implementation of the official
 
 import math
 
+import huggingface_hub
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
-from puzzle_hrm.checkpoint import from_official_state_dict, load_official, read_official_arch, to_official_state_dict
+from puzzle_hrm.checkpoint import (
+    checkpoint_file,
+    from_official_state_dict,
+    load_official,
+    read_official_arch,
+    to_official_state_dict,
+)
+from puzzle_hrm.data.format import DatasetMetadata, write_split
+from puzzle_hrm.evaluate import load_for_evaluation
+from puzzle_hrm.evaluate import main as evaluate_main
 from puzzle_hrm.model import HRM
 
 from .conftest import random_batch, tiny_config
@@ -127,3 +139,67 @@ def test_official_all_config_yaml_is_read(tmp_path):
 
 def test_our_model_exports_what_the_official_layout_expects():
     assert set(to_official_state_dict(HRM(tiny_config()))) == set(official_state_dict(compiled=False))
+
+
+# ---- hf:// checkpoints (the hub is not reachable here: snapshot_download is replaced by a local folder) ----
+HUB_REPO = "sapientinc/HRM-checkpoint-sudoku-extreme"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> tuple:
+    """A folder laid out like the official hub repos (checkpoint + all_config.yaml + README.md) and the
+    repo ids that the stand-in snapshot_download was asked for."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    torch.save(official_state_dict(), folder / "checkpoint")
+    arch = {k: v for k, v in ARCH.items() if k not in ("seq_len", "vocab_size", "num_puzzle_identifiers", "batch_size")}
+    OmegaConf.save({"arch": {**arch, "loss": {"name": "losses@ACTLossHead"}}, "data_path": "data/x"}, folder / "all_config.yaml")
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    calls = []
+
+    def snapshot_download(repo_id: str, **kwargs) -> str:
+        calls.append(repo_id)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return folder, calls
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """An official-layout test split whose shapes fit ARCH (seq_len 16, vocab 6, 5 identifiers)."""
+    rng = np.random.default_rng(0)
+    n = 10
+    arrays = {"inputs": rng.integers(0, 6, (n, 16), dtype=np.int32), "labels": rng.integers(1, 6, (n, 16), dtype=np.int32),
+              "puzzle_identifiers": rng.integers(0, 5, n, dtype=np.int32), "puzzle_indices": np.arange(n + 1, dtype=np.int32),
+              "group_indices": np.arange(n + 1, dtype=np.int32)}
+    meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6, seq_len=16,
+                           num_puzzle_identifiers=5, total_groups=n, mean_puzzle_examples=1.0, sets=["all"])
+    write_split(tmp_path / "data", "test", meta, {"all": arrays})
+    return tmp_path / "data"
+
+
+def test_hf_checkpoint_downloads_and_loads_the_official_weights(hub, tiny_data, capsys):
+    folder, calls = hub
+    model = load_for_evaluation(f"hf://{HUB_REPO}", str(tiny_data), batch_size=4, forward_dtype="float32")
+    assert calls == [HUB_REPO]
+    for key, value in from_official_state_dict(official_state_dict()).items():
+        assert torch.equal(model.state_dict()[key], value), key
+    evaluate_main([f"checkpoint=hf://{HUB_REPO}", f"data={tiny_data}", "batch_size=4", "device=cpu"])
+    assert '"count": 10' in capsys.readouterr().out
+
+
+def test_checkpoint_file_choice(hub, tmp_path):
+    folder, _ = hub
+    assert checkpoint_file(f"hf://{HUB_REPO}") == folder / "checkpoint"
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("step_9", "step_10", "all_config.yaml"):
+        (run / name).touch()
+    assert checkpoint_file(str(run)) == run / "step_10"  # by number, not by text
+    assert checkpoint_file(str(run / "step_9")) == run / "step_9"
+    (folder / "checkpoint").rename(folder / "weights.bin")
+    with pytest.raises(FileNotFoundError, match=r"hf://.*looked for 'checkpoint'.*found \['README.md', 'all_config.yaml', 'weights.bin'\]"):
+        checkpoint_file(f"hf://{HUB_REPO}")
+    with pytest.raises(ValueError, match="hf://<org>/<repo>"):
+        checkpoint_file("hf://sapientinc")

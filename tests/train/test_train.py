@@ -2,12 +2,16 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from puzzle_hrm import checkpoint as ckpt
+from puzzle_hrm.data.format import read_split
+from puzzle_hrm.data.loader import PuzzleLoader
+from puzzle_hrm.evaluate import evaluate
 from puzzle_hrm.train import fit
 
 from .conftest import small_arch, small_train
@@ -78,6 +82,10 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, data: str, out: str)
         # a time budget that is never hit still runs the collective stop decision every log step
         result = fit(small_train(data, max_steps=6, max_train_seconds=1e9), small_arch(halt_exploration_prob=0.0))
         torch.save(weights(result), os.path.join(out, f"rank{rank}.pt"))
+        # 64 test rows in global batches of 12: the last one has 4 rows, all on rank 0, padded on both ranks
+        loader = PuzzleLoader(data, "test", 12, mode="test", rank=rank, world_size=world_size)
+        kept = evaluate(result.model, loader, torch.device("cpu"), keep_predictions=("inputs", "predictions"))
+        torch.save(kept["predictions"], os.path.join(out, f"predictions{rank}.pt"))
     finally:
         dist.barrier()  # no rank tears gloo down while the other still talks to it
         dist.destroy_process_group()
@@ -90,6 +98,25 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(sudok
     single = weights(fit(small_train(sudoku4, max_steps=6), small_arch(halt_exploration_prob=0.0)))
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
+    kept0, kept1 = (torch.load(tmp_path / f"predictions{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same(kept0, kept1)  # every rank holds all rows ...
+    assert torch.equal(kept0["inputs"], split_inputs(sudoku4))  # ... in test-split order, without padding
+
+
+def split_inputs(data) -> torch.Tensor:
+    _, test = read_split(data, "test")
+    return torch.from_numpy(np.asarray(test["all"]["inputs"], dtype=np.int32))
+
+
+def test_final_evaluation_keeps_rows_in_test_split_order(sudoku4):
+    fields = ("inputs", "puzzle_identifiers", "predictions", "q_halt_logits")
+    result = fit(small_train(sudoku4, max_steps=2, global_batch_size=24, eval_max_batches=None), small_arch(), keep_predictions=fields)
+    kept = result.final_eval["predictions"]
+    assert set(kept) == set(fields)
+    assert torch.equal(kept["inputs"], split_inputs(sudoku4))  # 64 rows in batches of 24: the padding is dropped
+    assert kept["predictions"].shape == (64, 16) and kept["q_halt_logits"].shape == (64,)
+    with pytest.raises(ValueError, match=r"unknown fields \['logits'\]"):
+        evaluate(result.model, PuzzleLoader(sudoku4, "test", 8, mode="test"), torch.device("cpu"), keep_predictions=("logits",))
 
 
 def test_evaluate_cli_on_a_training_checkpoint(sudoku4, tmp_path, capsys):

@@ -1,0 +1,67 @@
+"""Suite scores beyond exact/token accuracy, from the final evaluation's rows (in test-split order).
+
+arc: each test pair is predicted once per augmented variant; the variants' answers are mapped back
+through identifiers.json and vote (puzzle_hrm.arc_eval): pass@1, pass@2 and the ARC Prize submission.
+maze: the valid-path rate (puzzle_hrm.data.maze.path_metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from puzzle_hrm import arc_eval
+from puzzle_hrm.data import maze
+
+logger = logging.getLogger(__name__)
+
+# per-row outputs of the final evaluation each builder's scores read (puzzle_hrm.evaluate.PREDICTION_FIELDS)
+PREDICTION_FIELDS = {
+    "arc": ("puzzle_identifiers", "predictions", "q_halt_logits"),
+    "maze": ("inputs", "labels", "predictions"),
+}
+VOTE_WEIGHTS = ("count", "q_halt")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """A suite's `scoring:` block."""
+
+    vote: str = "count"  # ARC: count = one vote per augmented variant; q_halt = sigmoid(q_halt_logit) per variant
+
+    def __post_init__(self):
+        if self.vote not in VOTE_WEIGHTS:
+            raise ValueError(f"scoring.vote must be one of {VOTE_WEIGHTS}, got {self.vote!r}")
+
+
+def check_scorable(builder: str, eval_max_batches: int | None) -> None:
+    """Before training: ARC's pass@k votes over every variant of every test task, so the whole test split."""
+    if builder == "arc" and eval_max_batches is not None:
+        raise ValueError(f"eval_max_batches={eval_max_batches}: ARC pass@k needs the whole test split; "
+                         "shrink the test split instead (data.num_aug, data.max_tasks)")
+
+
+def suite_scores(builder: str, data_dir: Path, rows: dict[str, torch.Tensor], config: ScoringConfig,
+                 submission_path: Path) -> dict[str, float]:
+    """Result-row columns from the final evaluation's rows (PREDICTION_FIELDS[builder] of them)."""
+    if builder == "arc":
+        return arc_scores(data_dir, rows, config.vote, submission_path)
+    if builder == "maze":
+        return maze_scores(rows)
+    return {}
+
+
+def arc_scores(data_dir: Path, rows: dict[str, torch.Tensor], vote: str, submission_path: Path) -> dict[str, float]:
+    """pass@1 / pass@2 over the test tasks; writes the ARC Prize submission JSON to `submission_path`."""
+    weights = torch.sigmoid(rows["q_halt_logits"]).tolist() if vote == "q_halt" else None
+    scores = arc_eval.score_test_split(data_dir, rows["predictions"].numpy(), rows["puzzle_identifiers"].numpy(), weights)
+    arc_eval.write_submission(submission_path, scores.top2)
+    logger.info("ARC: %d tasks, %s; submission %s", len(scores.per_task), scores.overall, submission_path)
+    return {"pass_at_1": scores.overall["pass@1"], "pass_at_2": scores.overall["pass@2"]}
+
+
+def maze_scores(rows: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {"valid_path_rate": maze.path_metrics(rows["inputs"], rows["predictions"], rows["labels"])["valid_path_rate"]}
