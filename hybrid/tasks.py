@@ -193,32 +193,17 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[Ten
 
 
 @dataclass
-class LMBatch:
-    """A training batch, right-padded. Labels follow the HF convention: unshifted (logits at t score labels at t + 1)."""
-
-    input_ids: Tensor  # (B, T) prompt + answer + EOS, then pad
-    attention_mask: Tensor  # (B, T) 1 on real tokens (pad may equal EOS: never infer the mask from ids)
-    labels: Tensor  # (B, T) the ids on answer + EOS tokens, IGNORE_LABEL_ID on prompt and padding
-    prompt_lengths: Tensor  # (B,)
-    examples: list[Example]
-
-    def to(self, device: torch.device | str) -> LMBatch:
-        tensors = (self.input_ids, self.attention_mask, self.labels, self.prompt_lengths)
-        return LMBatch(*(t.to(device) for t in tensors), self.examples)
-
-
-@dataclass
-class PromptBatch:
-    """Prompts only, left-padded so every row's last prompt token is in the last column (for `generate`)."""
-
-    input_ids: Tensor  # (B, P)
-    attention_mask: Tensor  # (B, P)
-    examples: list[Example]
-
-
-@dataclass
 class Collator:
-    """Tokenises prompt and target separately (target = answer + EOS), so the prompt/answer border is exact."""
+    """Tokenises prompt and target separately (target = answer + EOS), so the prompt/answer border is exact.
+
+    `collator(examples)` is a right-padded training batch, a dict (the repo's batch convention):
+      input_ids (B, T) prompt + answer + EOS, then pad; attention_mask (B, T) 1 on real tokens (pad may
+      equal EOS, as in SmolLM2: never infer the mask from ids); labels (B, T) the ids on answer + EOS,
+      IGNORE_LABEL_ID on prompt and padding, unshifted as in HF (logits at t score labels at t + 1);
+      prompt_lengths (B,); examples, the raw examples.
+    `collator.prompts(examples)` is the prompts alone, left-padded for `generate`: input_ids (B, P),
+      attention_mask (B, P), examples.
+    """
 
     tokenizer: PreTrainedTokenizerBase
     max_length: int  # the model's context (Backbone.max_positions); longer examples are an error, never cut
@@ -238,7 +223,7 @@ class Collator:
             if length > self.max_length:
                 raise ValueError(f"{example.task} example {example.question[:60]!r} needs {length} tokens; the model's context is {self.max_length}")
 
-    def __call__(self, examples: Sequence[Example]) -> LMBatch:
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
         prompts, targets = self.prompt_ids(examples), self.target_ids(examples)
         sequences = [p + t for p, t in zip(prompts, targets)]
         self._check_length(examples, [len(s) for s in sequences])
@@ -247,9 +232,10 @@ class Collator:
         for row, (p, t) in enumerate(zip(prompts, targets)):
             labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
         prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-        return LMBatch(input_ids, attention_mask, labels, prompt_lengths, list(examples))
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "prompt_lengths": prompt_lengths, "examples": list(examples)}
 
-    def prompts(self, examples: Sequence[Example]) -> PromptBatch:
+    def prompts(self, examples: Sequence[Example]) -> dict[str, Any]:
         prompts = self.prompt_ids(examples)
         self._check_length(examples, [len(p) for p in prompts])
-        return PromptBatch(*pad(prompts, self.tokenizer.pad_token_id, "left"), list(examples))
+        input_ids, attention_mask = pad(prompts, self.tokenizer.pad_token_id, "left")
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "examples": list(examples)}

@@ -123,17 +123,16 @@ def test_collator_masks_everything_but_answer_and_eos(chat_template):
     collator = Collator(tokenizer, max_length=512)
     examples = [Example("addition", "What is 1 + 2?", "3"), Example("addition", "What is 10 + 20?", "30")]
     batch = collator(examples)
-    assert batch.examples == examples
+    assert batch["examples"] == examples
     for row, example in enumerate(examples):
         prompt = tokenizer(collator.prompt_format.prompt(tokenizer, example.question), add_special_tokens=False)["input_ids"]
         target = tokenizer(collator.prompt_format.target(tokenizer, example.answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         n = len(prompt) + len(target)
-        assert batch.prompt_lengths[row] == len(prompt)
-        assert batch.input_ids[row, :n].tolist() == prompt + target  # right padding: real tokens first
-        assert batch.attention_mask[row].tolist() == [1] * n + [0] * (batch.input_ids.shape[1] - n)
-        assert batch.labels[row].tolist() == [IGNORE_LABEL_ID] * len(prompt) + target + [IGNORE_LABEL_ID] * (batch.input_ids.shape[1] - n)
-        assert (batch.input_ids[row, n:] == tokenizer.pad_token_id).all()
-    assert batch.to("cpu").labels is not None
+        assert batch["prompt_lengths"][row] == len(prompt)
+        assert batch["input_ids"][row, :n].tolist() == prompt + target  # right padding: real tokens first
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        assert batch["labels"][row].tolist() == [IGNORE_LABEL_ID] * len(prompt) + target + [IGNORE_LABEL_ID] * (batch["input_ids"].shape[1] - n)
+        assert (batch["input_ids"][row, n:] == tokenizer.pad_token_id).all()
 
 
 def test_collator_prompts_are_left_padded_for_generation():
@@ -141,10 +140,10 @@ def test_collator_prompts_are_left_padded_for_generation():
     collator = Collator(tokenizer, max_length=512)
     examples = [Example("addition", "What is 1 + 2?", "3"), Example("addition", "What is 100 + 200?", "300")]
     batch = collator.prompts(examples)
-    assert batch.attention_mask[:, -1].all() and batch.attention_mask[0, 0] == 0
+    assert batch["attention_mask"][:, -1].all() and batch["attention_mask"][0, 0] == 0
     for row, ids in enumerate(collator.prompt_ids(examples)):
-        assert batch.input_ids[row, -len(ids) :].tolist() == ids and batch.attention_mask[row].sum() == len(ids)
-    assert batch.examples == examples
+        assert batch["input_ids"][row, -len(ids) :].tolist() == ids and batch["attention_mask"][row].sum() == len(ids)
+    assert batch["examples"] == examples
 
 
 def test_collator_rejects_examples_longer_than_the_context():
