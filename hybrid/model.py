@@ -115,8 +115,8 @@ class HybridLM(nn.Module):
         use_act 0.5 · (q_halt + q_continue) as HRM's loss head.
 
         targets: the labels the segments' logits predict (`supervised_positions`), IGNORE_LABEL_ID
-        where none. correct: with use_act, one (B,) tensor per segment: did the task's verifier
-        accept that segment's answer.
+        where none. correct: with use_act, one (B,) tensor per segment: the task verifier's score
+        of that segment's answer, 1.0 right, 0.0 wrong (partial credit in between is a soft target).
         """
         if not segments:
             raise ValueError("loss needs the outputs of at least one segment")
