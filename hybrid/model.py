@@ -68,9 +68,11 @@ class HybridLM(nn.Module):
         self.injector = build_injector(config, head.hidden_size)
         self.vocab_bias = VocabBias(config.d_h, head.vocab_size, config.logit_bias_init) if config.logit_bias_head else None
 
-    @property
-    def default_segments(self) -> int:
-        return self.config.segments if self.training else self.config.eval_segments
+    def latents(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Iterator[SegmentOutput]:
+        """Bridge, then the controller's segments: `segments` of them in training, `eval_segments` in eval mode."""
+        if n_segments is None:
+            n_segments = self.config.segments if self.training else self.config.eval_segments
+        return self.controller.segments(self.bridge(hidden_states, attention_mask, prompt_lengths), n_segments)
 
     def forward(
         self,
@@ -86,13 +88,12 @@ class HybridLM(nn.Module):
         needs only the states that predict a target token, and the LM head over the vocabulary
         is most of a cached step's cost. Injectors are position-wise, so this is exact.
         """
-        x = self.bridge(hidden_states, attention_mask, prompt_lengths)
         if positions is None:
             rows, hidden = None, hidden_states
         else:
             rows = positions.nonzero()[:, 0]  # (N,): the row of each selected state
             hidden = hidden_states[positions].unsqueeze(1)  # (N, 1, D): one-token "sequences"
-        for out in self.controller.segments(x, self.default_segments if n_segments is None else n_segments):
+        for out in self.latents(hidden_states, attention_mask, prompt_lengths, n_segments):
             z_H = out.z_H if rows is None else out.z_H[rows]
             logits = self.head.logits(self.injector(hidden, z_H))
             if self.vocab_bias is not None:
@@ -101,12 +102,12 @@ class HybridLM(nn.Module):
             yield HybridSegment(logits if rows is None else logits[:, 0], out.z_H, out.q_halt_logits, out.q_continue_logits)
 
     def conditioning(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Conditioning:
-        """z_H from the prompt's states (eval_segments in eval mode); with use_act each row keeps the
-        z_H of the segment its q-head halts at."""
-        x = self.bridge(hidden_states, attention_mask, prompt_lengths)
-        outputs = list(self.controller.segments(x, self.default_segments if n_segments is None else n_segments))
-        used = halting_segments(outputs) if self.config.use_act else torch.full((x.shape[0],), len(outputs), device=x.device)
-        z_H = torch.stack([o.z_H for o in outputs])[used - 1, torch.arange(x.shape[0], device=x.device)]  # (B, d_h)
+        """z_H from the prompt's states; with use_act each row keeps the z_H of the segment its
+        q-head halts at."""
+        outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments))
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        used = halting_segments(outputs) if self.config.use_act else torch.full_like(rows, len(outputs))
+        z_H = torch.stack([o.z_H for o in outputs])[used - 1, rows]  # (B, d_h)
         logit_bias = self.vocab_bias(z_H) if self.vocab_bias is not None else None
         return Conditioning(self.injector.condition(z_H), logit_bias, used)
 
