@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.backbone import tiny_backbone
+from hybrid.generate import DecodeConfig, conditioned_logits, generate, position_ids
 from hybrid.model import HybridLM, HybridSegment, act_losses, supervised_positions
+from hybrid.tasks import pad
 from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from puzzle_hrm.losses import stablemax_cross_entropy
 
@@ -168,6 +170,24 @@ def test_conditioning_reproduces_the_last_segment_for_decoding(backbone):
         logits = backbone.logits(cond.condition(hidden)) + cond.logit_bias.unsqueeze(1)
     assert cond.segments_used.tolist() == [4, 4, 4]
     torch.testing.assert_close(logits, last.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("injector", ["grb", "cab"])
+def test_decoding_left_padded_prompts_conditions_like_training(backbone, injector):
+    """generate() sees the prompt alone, left-padded; training sees prompt + target, right-padded.
+    The HRM must read the same prompt either way, so the first answer token gets the same logits."""
+    model = build(backbone, injector=injector, eval_segments=2).eval()
+    hidden, batch = states(backbone)
+    plen = batch["prompt_lengths"]
+    ids, mask = pad([row[:n].tolist() for row, n in zip(batch["input_ids"], plen)], backbone.tokenizer.pad_token_id, "left")
+    with torch.no_grad():
+        trained = list(model(hidden, batch["attention_mask"], plen))[-1].logits[torch.arange(3), plen - 1]
+        prompt_states, _ = backbone.hidden_states(ids, mask, position_ids(mask))
+        cond = model.conditioning(prompt_states, mask, mask.sum(1))
+        decoded = conditioned_logits(backbone, prompt_states[:, -1:], cond.condition, cond.logit_bias)
+        first = generate(backbone, ids, mask, DecodeConfig(max_new_tokens=1), condition=cond.condition, logit_bias=cond.logit_bias).tokens[:, 0]
+    torch.testing.assert_close(decoded, trained, rtol=0, atol=1e-4)
+    assert torch.equal(first, trained.argmax(-1))
 
 
 def test_conditioning_with_act_keeps_each_rows_halting_segment(backbone):
