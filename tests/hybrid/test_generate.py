@@ -168,6 +168,6 @@ def test_decode_config_rejects_bad_values(field, value):
 
 
 def test_benchmark_decode_reports_both_paths(backbone):
-    result = benchmark_decode(backbone, new_tokens=4, prompt_tokens=8, batch_size=2)
+    result = benchmark_decode(backbone, new_tokens=4, prompt_tokens=8, batch_size=2, repeats=1)
     assert set(result) == {"kv_cache_tokens_per_s", "recompute_tokens_per_s", "speedup"}
     assert all(v > 0 for v in result.values())
