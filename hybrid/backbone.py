@@ -213,3 +213,13 @@ def tiny_backbone(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return Backbone.wrap(model.to(dtype), tokenizer)
+
+
+def backbone_by_name(name: str, dtype: torch.dtype = torch.float32) -> Backbone:
+    """"smollm2" (the packaged SmolLM2-135M-Instruct GGUF), "tiny" (tiny_backbone) or a hub id / local path."""
+    if name == "smollm2":
+        folder, file = smollm2_gguf()
+        return load_backbone(folder, gguf_file=file, dtype=dtype)
+    if name == "tiny":
+        return tiny_backbone(dtype=dtype)
+    return load_backbone(name, dtype=dtype)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid.backbone import Backbone
+from hybrid.baselines import seeded
 from hybrid.config import HybridConfig
 from hybrid.features import FeatureBatch
 from hybrid.generate import DecodeConfig, generate, position_ids
@@ -24,11 +25,6 @@ def label_aligned(predicted: Tensor, positions: Tensor) -> Tensor:
     at_states = torch.zeros(positions.shape, dtype=predicted.dtype, device=predicted.device)
     at_states[positions] = predicted
     return torch.nn.functional.pad(at_states[:, :-1], (1, 0))
-
-
-def decode_seed(generator: torch.Generator) -> int:
-    """A sampling seed drawn from the caller's generator: each call samples differently, reproducibly."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 class HybridTrainable(nn.Module):
@@ -58,6 +54,5 @@ class HybridTrainable(nn.Module):
         ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
         hidden, _ = self.backbone.hidden_states(ids, mask, position_ids(mask))
         cond = self.lm.conditioning(hidden.float(), mask, mask.sum(1), n_segments=self.lm.config.eval_segments)
-        decode = DecodeConfig(**{**vars(decode), "seed": decode_seed(generator)})
-        out = generate(self.backbone, ids, mask, decode, condition=cond.condition, logit_bias=cond.logit_bias)
+        out = generate(self.backbone, ids, mask, seeded(decode, generator), condition=cond.condition, logit_bias=cond.logit_bias)
         return out.texts(self.backbone.tokenizer)
