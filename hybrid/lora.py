@@ -32,6 +32,7 @@ from hybrid.config import LOSSES
 from hybrid.generate import DecodeConfig
 from hybrid.model import supervised_positions, token_mean_loss
 from hybrid.tasks import Collator, Example
+from hybrid.train import CorrectFn
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama / Qwen2 / Mistral / Gemma names
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -148,7 +149,7 @@ class LoRATrainable:
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def training_loss(self, batch: dict[str, Any], correct_fn: Any = None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, batch: dict[str, Any], correct_fn: CorrectFn | None = None) -> tuple[Tensor, dict[str, float]]:
         """Token-mean CE on the answer tokens of a collator batch (`correct_fn` unused: no ACT here)."""
         device = self.backbone.device
         hidden, _ = self.backbone.hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device))

@@ -5,6 +5,7 @@ from hybrid.backbone import tiny_backbone
 from hybrid.baselines import few_shot_format, llm_only_answers
 from hybrid.generate import DecodeConfig
 from hybrid.tasks import AdditionTask, Collator, split_of
+from tests.hybrid.test_lora import one_thread  # noqa: F401 (autouse: one intra-op thread for tiny models)
 
 
 @pytest.fixture(scope="module")
