@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 # Per segment, the (B, T) token ids the model predicts for each label position (teacher-forced
 # argmax, read only where labels != IGNORE_LABEL_ID) -> per segment the (B,) verifier scores.
 CorrectFn = Callable[[Sequence[Tensor]], list[Tensor]]
+# Examples, decoding settings, a seeded generator -> one completion per example (Trainable.answer's shape).
+AnswerFn = Callable[[list[Example], DecodeConfig, torch.Generator], list[str]]
 
 
 @runtime_checkable
@@ -195,12 +197,13 @@ def train_step(trainable: Trainable, optimizer: torch.optim.Optimizer, batch: An
     return scalars
 
 
-def evaluate(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> tuple[dict[str, float], list[str]]:
-    """Verifier accuracy (full marks only) on the fixed held-out set, overall and per task; and the completions."""
+def evaluate(answer: AnswerFn, data: TrainData, config: HybridTrainConfig) -> tuple[dict[str, float], list[str]]:
+    """Verifier accuracy (full marks only) on the fixed held-out set, overall and per task; and the
+    completions. `answer` is a Trainable's, or an untrained baseline's."""
     generator = torch.Generator().manual_seed(config.seed)  # the same sampling at every evaluation
     completions: list[str] = []
     for start in range(0, len(data.eval), config.eval_batch_size):
-        completions += trainable.answer(data.eval[start : start + config.eval_batch_size], config.decode, generator)
+        completions += answer(data.eval[start : start + config.eval_batch_size], config.decode, generator)
     correct = {name: [] for name in data.tasks}
     for example, completion in zip(data.eval, completions):
         correct[example.task].append(float(data.tasks[example.task].is_correct(example, completion)))
@@ -258,7 +261,7 @@ def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> Fit
         tracker.log({f"train/{k}": v for k, v in scalars.items()}, step)
         completions = None
         if step % config.eval_every == 0 or step == config.max_steps:
-            final, completions = evaluate(trainable, data, config)
+            final, completions = evaluate(trainable.answer, data, config)
             curve.append({"step": step, **final})
             append_curve(curve_path, curve[-1])
             tracker.log({f"eval/{k}": v for k, v in final.items()}, step)
@@ -269,5 +272,5 @@ def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> Fit
             save_checkpoint(checkpoint, trainable, optimizer, step, config)
     tracker.close()
     if not final:  # resumed at max_steps: nothing trained, still report the model's accuracy
-        final, _ = evaluate(trainable, data, config)
+        final, _ = evaluate(trainable.answer, data, config)
     return FitResult(config.max_steps, train_seconds, (config.max_steps - start) * config.batch_size, final, curve)
