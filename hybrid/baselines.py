@@ -11,8 +11,8 @@ collator, the KV-cache `generate`, completions as text for the task's verifier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 

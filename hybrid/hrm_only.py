@@ -24,8 +24,9 @@ Choices (the published HRM-LM prototype offers a gated prefix or a cross-attenti
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,8 +87,9 @@ class AnswerBatch:
 
 
 class HRMOnly(nn.Module):
-    def __init__(self, config: HybridConfig, vocab_size: int, options: HRMOnlyConfig = HRMOnlyConfig()) -> None:
+    def __init__(self, config: HybridConfig, vocab_size: int, options: HRMOnlyConfig | None = None) -> None:
         super().__init__()
+        options = options or HRMOnlyConfig()
         self.config, self.options = config, options
         d = options.d_model
         self.embed_scale = math.sqrt(d)  # official HRM: unit-scale inputs from a table of std 1/sqrt(d)
@@ -209,7 +211,7 @@ class HRMOnlyTrainable(nn.Module):
 
     uses_cached_states = False  # no LLM, nothing to cache
 
-    def __init__(self, config: HybridConfig, tokenizer: PreTrainedTokenizerBase, collator: Collator, options: HRMOnlyConfig = HRMOnlyConfig()) -> None:
+    def __init__(self, config: HybridConfig, tokenizer: PreTrainedTokenizerBase, collator: Collator, options: HRMOnlyConfig | None = None) -> None:
         super().__init__()
         self.model = HRMOnly(config, len(tokenizer), options)
         self.tokenizer = tokenizer

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -130,8 +131,8 @@ class LoRATrainable:
 
     uses_cached_states = False  # the adapters change the LLM's states: every step runs the LLM
 
-    def __init__(self, backbone: Backbone, collator: Collator, target_params: int, options: LoRAOptions = LoRAOptions()) -> None:
-        self.options = options
+    def __init__(self, backbone: Backbone, collator: Collator, target_params: int, options: LoRAOptions | None = None) -> None:
+        self.options = options = options or LoRAOptions()
         self.collator = collator
         self.budget = lora_config_for_budget(backbone, target_params, options.layers, options.modules, options.alpha_per_rank)
         model = copy.deepcopy(backbone.model)  # peft injects in place; the shared backbone stays as it is
