@@ -92,7 +92,7 @@ def report(backbone_name: str, config: HybridConfig, times: StepTimes, decode: d
 
 - date: {stamp['date']}, commit {stamp['commit']}
 - command: `{stamp['command']}`
-- device: {facts['device_name']} ({facts['device']}), torch {facts['torch']}
+- device: {facts['device_name']} ({facts['device']}), torch {facts['torch']}, {torch.get_num_threads()} torch thread(s)
 - backbone: {backbone_name}; controller d_h={config.d_h}, H/L layers {config.H_layers}/{config.L_layers}, segments {config.segments} × inner_T {config.inner_T}, injector {config.injector}
 - machine load: {load_before} before, {load_after} after. The machine is shared: other jobs ran alongside,
   so absolute times are noisy; both sides of each ratio ran back to back under the same load (medians of repeated steps).

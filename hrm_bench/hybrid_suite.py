@@ -124,6 +124,11 @@ def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: Tra
     return getattr(module, class_name)(HybridConfig(**plan.model), backbone.tokenizer, data.collator)
 
 
+def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
+    """The result row's machine columns (run.py's rows spell the same ones out)."""
+    return {"hardware": profile.name, "device": profile.device_name, "n_gpus": profile.n_gpus, "torch": profile.torch, "cuda": profile.cuda}
+
+
 def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> dict[str, Any] | str:
     """Train (if it trains) and evaluate one variant: its result row, or why it was skipped."""
     train = replace(plan.train, output_dir=str(plan.output_dir / variant), **plan.variant_train.get(variant, {}))
@@ -147,11 +152,7 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         "data": "+".join(plan.train.tasks),
         "data_provenance": DATA_PROVENANCE,
         "seed": plan.seed,
-        "hardware": plan.profile.name,
-        "device": plan.profile.device_name,
-        "n_gpus": plan.profile.n_gpus,
-        "torch": plan.profile.torch,
-        "cuda": plan.profile.cuda,
+        **hardware_columns(plan.profile),
         "params": params,
         "steps": steps,
         "wall_s": time.perf_counter() - start,
