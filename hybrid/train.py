@@ -1,7 +1,15 @@
 """Training the hybrid and its baselines: one loop, any model that implements `Trainable`.
 
+    for step = 1 .. max_steps:
+        batch = step's slice of a seeded permutation: cached LLM states, or the collator's batch
+        loss  = model.training_loss(batch, verifier scores of each segment's teacher-forced answer)
+                (deep supervision over segments; the scores feed ACT's halting targets)
+        AdamW step on the trainable parts after clipping the gradient norm
+        every eval_every steps: verifier accuracy on the fixed held-out set → eval_curve.csv
+        every save_every steps and at the end: checkpoint (trainable parts, optimizer, step, RNG)
+
 The loop never knows which model it trains: the hybrid (HRM controller on cached LLM states),
-the HRM-only model and LoRA all plug in through this small protocol.
+the HRM-only model and LoRA all plug in through the `Trainable` protocol.
 """
 
 from __future__ import annotations
@@ -243,7 +251,8 @@ def load_checkpoint(path: Path, trainable: Trainable, optimizer: torch.optim.Opt
 
 
 def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> FitResult:
-    """AdamW on the trainable parts; evaluate every eval_every steps and at the end; checkpoint."""
+    """The loop above. Seed before building the model: with the same seed the run is the same,
+    and with `resume` it continues bit-identically from output_dir/checkpoint.pt (on CPU)."""
     output = Path(config.output_dir)
     checkpoint, curve_path = output / "checkpoint.pt", output / "eval_curve.csv"
     optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
