@@ -19,6 +19,10 @@ Choices (the published HRM-LM prototype offers a gated prefix or a cross-attenti
   embeddings only; its own token table is dropped in favour of the shared one.
 - Vocabulary: the LLM's tokenizer, all ids; one token table shared by encoder, decoder inputs
   and the output layer (tied), which keeps it to vocab · d_model parameters.
+
+Size with SmolLM2's tokenizer (49,152 ids) and the default configs: 44,041,473 parameters, of
+which the controller 27.26M (as in the hybrid), the token table 12.58M, encoder 1.70M, decoder
+1.71M, prefix 0.52M, bridge 0.26M.
 """
 
 from __future__ import annotations
