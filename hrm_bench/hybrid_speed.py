@@ -93,7 +93,7 @@ def report(backbone_name: str, config: HybridConfig, times: StepTimes, decode: d
 - date: {stamp['date']}, commit {stamp['commit']}
 - command: `{stamp['command']}`
 - device: {facts['device_name']} ({facts['device']}), torch {facts['torch']}, {torch.get_num_threads()} torch thread(s)
-- backbone: {backbone_name}; controller d_h={config.d_h}, H/L layers {config.H_layers}/{config.L_layers}, segments {config.segments} × inner_T {config.inner_T}, injector {config.injector}
+- backbone: {backbone_name}; controller d_h={config.d_h}, H/L layers {config.H_layers}/{config.L_layers}, segments {config.segments} × inner_T {config.inner_T}, injector {config.injector}, vocab-bias head {'on' if config.logit_bias_head else 'off'}
 - machine load: {load_before} before, {load_after} after. The machine is shared: other jobs ran alongside,
   so absolute times are noisy; both sides of each ratio ran back to back under the same load (medians of repeated steps).
 
@@ -124,11 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--d-h", type=int, default=128)
+    parser.add_argument("--vocab-bias", action="store_true", help="add the gated vocab-bias head (default: the suite's hrm_grb)")
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "hybrid-speed.md"))
     args = parser.parse_args(argv)
     load_before = load_note()
     backbone = backbone_by_name(args.backbone)
-    config = HybridConfig(d_h=args.d_h, num_heads=4, H_layers=2, L_layers=2)
+    config = HybridConfig(d_h=args.d_h, num_heads=4, H_layers=2, L_layers=2, logit_bias_head=args.vocab_bias)
     times = measure_train_step(backbone, config, batch_size=args.batch_size, steps=args.steps)
     decode = benchmark_decode(backbone, new_tokens=args.new_tokens)
     text = report(args.backbone, config, times, decode, args.new_tokens, load_before, load_note())

@@ -40,7 +40,7 @@ def compose_cfg(overrides: list[str]):
 def test_the_cpu_tier_plans_every_variant():
     plan = hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu"]), overrides=[])
     assert plan.variants == hybrid_suite.VARIANTS and plan.backbone == "smollm2"
-    assert plan.train.max_steps == 200 and plan.model["d_h"] == 128 and plan.variant_train["lora"]["max_steps"] == 30
+    assert plan.train.max_steps == 40 and plan.model["d_h"] == 128 and plan.variant_train["lora"]["max_steps"] == 10
     with pytest.raises(ValueError, match="unknown hybrid variants"):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.variants=[gpt5]"]), overrides=[])
 
