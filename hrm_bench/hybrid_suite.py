@@ -111,7 +111,7 @@ def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: Tra
     torch.manual_seed(plan.seed)  # the same initialisation stream for every variant
     if variant in HRM_VARIANTS:
         return HybridTrainable(hrm_config(plan, variant), backbone, data.collator)
-    module_name, class_name = {"hrm_only": ("hybrid.hrm_only", "HRMOnlyTrainable"), "lora": ("hybrid.lora", "LoRATrainable")}[variant]
+    module_name = {"hrm_only": "hybrid.hrm_only", "lora": "hybrid.lora"}[variant]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -121,7 +121,7 @@ def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: Tra
     if variant == "lora":  # as many trainable parameters as the HRM controller (hrm_grb)
         target = sum(p.numel() for p in HybridTrainable(hrm_config(plan, "hrm_grb"), backbone, data.collator).parameters())
         return module.LoRATrainable(backbone, data.collator, target)
-    return getattr(module, class_name)(HybridConfig(**plan.model), backbone.tokenizer, data.collator)
+    return module.HRMOnlyTrainable(HybridConfig(**plan.model), backbone.tokenizer, data.collator)
 
 
 def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
