@@ -193,7 +193,7 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
         logger.info("hybrid suite: variant %s", variant)
         if variant in HRM_VARIANTS and data.cache is None:
             tick = time.perf_counter()
-            data.cache_states(backbone, None)
+            data.cache_states(backbone, plan.train.cache_dir)
             cache_s = time.perf_counter() - tick
         row = run_variant(plan, variant, backbone, data)
         if isinstance(row, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,14 @@ def test_label_aligned_puts_state_t_predictions_at_label_t_plus_1():
     positions = torch.tensor([[False, True, True, False], [True, False, False, False]])
     aligned = label_aligned(torch.tensor([5, 6, 7]), positions)
     assert aligned.tolist() == [[0, 0, 5, 6], [0, 7, 0, 0]]
+
+
+def test_the_cache_on_disk_is_reused_and_gives_the_same_batches(setup, tmp_path):
+    backbone, data, _ = setup
+    in_memory = data.cache.batch([0, 1])
+    on_disk = TrainData(data.tasks, data.train, data.eval, data.collator, data.seed)
+    on_disk.cache_states(backbone, str(tmp_path / "cache"))
+    reopened = TrainData(data.tasks, data.train, data.eval, data.collator, data.seed)
+    reopened.cache_states(backbone, str(tmp_path / "cache"))
+    assert isinstance(reopened.cache.hidden, np.memmap)  # loaded from disk, not rebuilt
+    assert torch.equal(reopened.cache.batch([0, 1]).hidden_states, in_memory.hidden_states)
