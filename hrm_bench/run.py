@@ -230,6 +230,11 @@ def init_distributed() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    if cfg.suite.get("kind") == "hybrid":  # the frozen-LLM comparison has its own runner
+        from hrm_bench import hybrid_suite
+
+        hybrid_suite.main(cfg, cli_overrides())
+        return
     init_distributed()
     try:
         run(plan_from_config(cfg))

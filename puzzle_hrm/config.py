@@ -67,8 +67,7 @@ class HRMConfig:
 
     @property
     def intermediate_size(self) -> int:
-        """SwiGLU hidden width, rounded as the official code: multiple of 256 above 2/3 * expansion * d."""
-        return _find_multiple(round(self.expansion * self.hidden_size * 2 / 3), 256)
+        return swiglu_intermediate_size(self.hidden_size, self.expansion)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,6 +78,11 @@ class HRMConfig:
         """Build from a (possibly larger) mapping, e.g. the official all_config.yaml `arch` section."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
+    """SwiGLU hidden width, rounded as the official code: multiple of 256 above 2/3 * expansion * d."""
+    return _find_multiple(round(expansion * hidden_size * 2 / 3), 256)
 
 
 def _find_multiple(a: int, b: int) -> int:

@@ -174,10 +174,10 @@ class HRM(nn.Module):
             halted = is_last_step
             if self.training and self.config.halt_max_steps > 1:
                 halted = halted | self.halt_decision(q_halt_logits, q_continue_logits, steps)
-                # Q-learning target for "continue": the best value one segment later
-                # (halt value only when the next segment is the forced last one).
+                # Q-learning target for "continue", bootstrapped one segment later; as in the official
+                # code, halt-only where *this* segment is the last one.
                 next_q_halt, next_q_continue = self.inner(inner_carry, current_data)[-1]
-                outputs["target_q_continue"] = torch.sigmoid(torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
+                outputs["target_q_continue"] = q_continue_target(next_q_halt, next_q_continue, halt_only=is_last_step)
         return HRMCarry(inner_carry, steps, halted, current_data), outputs
 
     def halt_decision(self, q_halt: torch.Tensor, q_continue: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -186,3 +186,10 @@ class HRM(nn.Module):
         explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
         min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
         return (q_halt > q_continue) & (steps >= min_halt_steps)
+
+
+def q_continue_target(next_q_halt: torch.Tensor, next_q_continue: torch.Tensor, halt_only: torch.Tensor | bool) -> torch.Tensor:
+    """Q-learning target for "continue": the value of the best action one segment later, as a
+    probability; where `halt_only`, halting is the only action left, so its value alone."""
+    halt_only = torch.as_tensor(halt_only, device=next_q_halt.device)
+    return torch.sigmoid(torch.where(halt_only, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))

@@ -1,0 +1,211 @@
+"""`python -m hrm_bench.run suite=hybrid`: every hybrid variant on the same data, seed and eval set.
+
+One pass: load the frozen LLM, fix the tasks' training and held-out sets, then per variant build
+(or prompt) the model, train it with `hybrid.train.fit` if it trains, evaluate verifier accuracy
+on the held-out set, and append one row to results/runs.csv. The HRM variants share one feature
+cache of the LLM's states, built once. At the end results/hybrid.md compares the variants.
+Baselines from modules that are not there yet are skipped with a logged reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hrm_bench import metrics, records
+from hrm_bench.profiles import HardwareProfile, detect_profile
+from hybrid.backbone import Backbone, backbone_by_name
+from hybrid.baselines import llm_only_answers
+from hybrid.config import HybridConfig
+from hybrid.tasks import Collator, Example
+from hybrid.train import AnswerFn, HybridTrainConfig, TrainData, Trainable, evaluate, fit
+from hybrid.trainable import HybridTrainable
+from puzzle_hrm.data.format import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM-controller variant
+    "hrm_grb": {"injector": "grb", "logit_bias_head": False},
+    "hrm_cab": {"injector": "cab", "logit_bias_head": False},
+    "hrm_grb_vocab": {"injector": "grb", "logit_bias_head": True},
+    "hrm_cab_vocab": {"injector": "cab", "logit_bias_head": True},
+    "hrm_grb_act": {"injector": "grb", "logit_bias_head": False, "use_act": True},
+}
+LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
+VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")
+DATA_PROVENANCE = "generated: toy addition (hybrid.tasks) and reasoning-gym generators, hash-disjoint train/eval"
+
+
+@dataclass
+class SuitePlan:
+    backbone: str
+    variants: tuple[str, ...]
+    few_shot: int
+    train: HybridTrainConfig
+    model: dict[str, Any]  # HybridConfig fields shared by the HRM variants
+    variant_train: dict[str, dict[str, Any]]  # per-variant HybridTrainConfig overrides
+    profile: HardwareProfile
+    seed: int
+    results_dir: Path
+    output_dir: Path  # checkpoints and eval curves, one folder per variant
+
+
+def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
+    """The suite with its cpu:/gpu: block merged in; command-line `suite.<section>.<key>=` keys win."""
+    profile = detect_profile(cfg.hardware.profile)
+    suite = OmegaConf.to_container(cfg.suite, resolve=True)
+    tier = "cpu" if profile.device == "cpu" else "gpu"
+    block = suite.get(tier) or {}
+    sections = {key: {**(suite.get(key) or {}), **block.get(key, {})} for key in ("train", "model", "variant_train")}
+    for override in overrides:
+        path = override.lstrip("+~").split("=", 1)[0].split(".")
+        if len(path) == 3 and path[0] == "suite" and path[1] in sections:
+            sections[path[1]][path[2]] = OmegaConf.to_container(cfg.suite[path[1]], resolve=True)[path[2]]
+    unknown = sorted(set(suite["variants"]) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown hybrid variants {unknown}; choose from {list(VARIANTS)}")
+    output_dir = Path(cfg.checkpoint_root) / f"hybrid-{suite['backbone'].replace('/', '_')}-{profile.name}-seed{cfg.seed}"
+    return SuitePlan(
+        backbone=suite["backbone"],
+        variants=tuple(suite["variants"]),
+        few_shot=suite["few_shot"],
+        train=HybridTrainConfig(**{**sections["train"], "seed": cfg.seed}),
+        model=sections["model"],
+        variant_train=sections["variant_train"],
+        profile=profile,
+        seed=cfg.seed,
+        results_dir=Path(cfg.results_dir),
+        output_dir=output_dir,
+    )
+
+
+def llm_only(backbone: Backbone, data: TrainData, shots: int, seed: int) -> AnswerFn:
+    """The frozen LLM's answers, prompted per task (few-shot shots come from that task's train split)."""
+
+    def answer(examples: list[Example], decode, generator: torch.Generator) -> list[str]:
+        completions: dict[int, str] = {}
+        for name, task in data.tasks.items():
+            rows = [i for i, ex in enumerate(examples) if ex.task == name]
+            if rows:
+                texts = llm_only_answers(backbone, task, [examples[i] for i in rows], decode, generator, shots, shot_seed=seed)
+                completions.update(zip(rows, texts))
+        return [completions[i] for i in range(len(examples))]
+
+    return answer
+
+
+def hrm_config(plan: SuitePlan, variant: str) -> HybridConfig:
+    return HybridConfig(**{**plan.model, **HRM_VARIANTS[variant]})
+
+
+def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> Trainable | str:
+    """The variant's model, or the reason it cannot be built yet (its module is missing)."""
+    torch.manual_seed(plan.seed)  # the same initialisation stream for every variant
+    if variant in HRM_VARIANTS:
+        return HybridTrainable(hrm_config(plan, variant), backbone, data.collator)
+    module_name = {"hrm_only": "hybrid.hrm_only", "lora": "hybrid.lora"}[variant]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        return f"{module_name} is not there yet"
+    if variant == "lora":  # as many trainable parameters as the HRM controller (hrm_grb)
+        target = sum(p.numel() for p in HybridTrainable(hrm_config(plan, "hrm_grb"), backbone, data.collator).parameters())
+        return module.LoRATrainable(backbone, data.collator, target)
+    return module.HRMOnlyTrainable(HybridConfig(**plan.model), backbone.tokenizer, data.collator)
+
+
+def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
+    """The result row's machine columns (run.py's rows spell the same ones out)."""
+    return {"hardware": profile.name, "device": profile.device_name, "n_gpus": profile.n_gpus, "torch": profile.torch, "cuda": profile.cuda}
+
+
+def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> dict[str, Any] | str:
+    """Train (if it trains) and evaluate one variant: its result row, or why it was skipped."""
+    train = replace(plan.train, output_dir=str(plan.output_dir / variant), **plan.variant_train.get(variant, {}))
+    start = time.perf_counter()
+    if variant in LLM_ONLY:
+        shots = plan.few_shot if variant == "llm_few_shot" else 0
+        final, _ = evaluate(llm_only(backbone, data, shots, plan.seed), data, train)
+        params, steps, examples_per_s = 0, 0, None
+    else:
+        trainable = build_trainable(plan, variant, backbone, data)
+        if isinstance(trainable, str):
+            return trainable
+        result = fit(trainable, data, train)
+        final, steps, examples_per_s = result.final_eval, result.steps, result.train_examples_per_s
+        params = sum(p.numel() for p in trainable.parameters())
+    return {
+        **records.run_stamp("hrm_bench.run", REPO_ROOT),
+        "suite": "hybrid",
+        "model": plan.backbone,
+        "variant": variant,
+        "data": "+".join(plan.train.tasks),
+        "data_provenance": DATA_PROVENANCE,
+        "seed": plan.seed,
+        **hardware_columns(plan.profile),
+        "params": params,
+        "steps": steps,
+        "wall_s": time.perf_counter() - start,
+        "train_examples_per_s": examples_per_s,
+        "peak_mem_gib": metrics.PeakMemory(plan.profile.device).gib(),
+        "verifier_accuracy": final["verifier_accuracy"],
+        "_per_task": {k.split("/", 1)[1]: v for k, v in final.items() if "/" in k},  # for hybrid.md only
+    }
+
+
+def comparison_table(plan: SuitePlan, rows: list[dict[str, Any]], cache_s: float | None, skipped: dict[str, str]) -> str:
+    tasks = list(plan.train.tasks)
+    header = ["variant", "verifier acc.", *(f"{t} acc." for t in tasks), "trainable params", "steps", "train ex/s", "wall s", "peak mem GiB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        rate = f"{row['train_examples_per_s']:.1f}" if row["train_examples_per_s"] else ""
+        cells = [row["variant"], f"{row['verifier_accuracy']:.3f}", *(f"{row['_per_task'][t]:.3f}" for t in tasks), f"{row['params']:,}", str(row["steps"]), rate, f"{row['wall_s']:.0f}", f"{row['peak_mem_gib']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    train = plan.train
+    notes = [
+        f"- backbone: {plan.backbone}; device: {plan.profile.device_name} ({plan.profile.name}), torch {plan.profile.torch}; seed {plan.seed}",
+        f"- tasks: {', '.join(tasks)}; {train.train_n} train examples per task, {train.eval_n} held-out eval questions in all (the same for every variant); greedy decoding, at most {train.max_new_tokens} new tokens",
+        f"- training: batch {train.batch_size}, lr {train.lr}, AdamW {train.betas} wd {train.weight_decay}, clip {train.grad_clip}; steps per variant in the table; HRM controller {plan.model}",
+        f"- feature cache (the LLM's states for the HRM variants, built once, not in their wall s): {cache_s:.0f} s" if cache_s is not None else "- no feature cache was needed",
+        "- peak mem on CPU is the process's peak RSS so far (cumulative, in run order); verifier accuracy counts full marks only",
+    ]
+    notes += [f"- skipped {variant}: {reason}" for variant, reason in skipped.items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
+    from hrm_bench.run import RUNS_HEADER  # the runs.csv header text lives with the other suites
+
+    backbone = backbone_by_name(plan.backbone)
+    data = TrainData.build(plan.train, Collator(backbone.tokenizer, backbone.max_positions))
+    rows, skipped, cache_s = [], {}, None
+    for variant in plan.variants:
+        logger.info("hybrid suite: variant %s", variant)
+        if variant in HRM_VARIANTS and data.cache is None:
+            tick = time.perf_counter()
+            data.cache_states(backbone, plan.train.cache_dir)
+            cache_s = time.perf_counter() - tick
+        row = run_variant(plan, variant, backbone, data)
+        if isinstance(row, str):
+            logger.warning("hybrid suite: skipping %s: %s", variant, row)
+            skipped[variant] = row
+            continue
+        records.append_row(plan.results_dir / "runs.csv", {k: v for k, v in row.items() if not k.startswith("_")}, records.RUN_COLUMNS, RUNS_HEADER)
+        rows.append(row)
+        logger.info("hybrid suite: %s verifier_accuracy=%.3f (%s)", variant, row["verifier_accuracy"], row["_per_task"])
+    atomic_write_text(plan.results_dir / "hybrid.md", f"# Hybrid comparison (`python -m hrm_bench.run suite=hybrid`)\n\n{comparison_table(plan, rows, cache_s, skipped)}")
+    return rows
+
+
+def main(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    return run_suite(plan_from_config(cfg, overrides))

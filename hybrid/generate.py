@@ -1,0 +1,165 @@
+"""Decoding with the frozen LLM's KV cache, conditioned by the HRM.
+
+The HRM's injector acts after the LLM's last layer, so it never changes the KV cache: the prompt
+runs once, then one token per step. `condition` maps the pre-norm state of each new position
+(B, 1, D) -> (B, 1, D) before the LLM's final norm and LM head (the first generated token comes
+from the last prompt position); `logit_bias` (B, V) is added to the logits every step. The
+controller runs once per prompt, outside `generate` (z_H depends on the prompt only), and its
+callable sees every row, in order, at every step. `use_cache=False` is the slow reference decode
+that recomputes the whole context each step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from hybrid.backbone import Backbone
+
+Condition = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding settings (the issue's names)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # sample among the k most likely tokens; 0: off
+    top_p: float = 1.0  # sample from the smallest set holding this much probability; 1: off
+    seed: int = 0  # seeds the sampling generator: same seed, same tokens
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    tokens: Tensor  # (B, N) new tokens, N <= max_new_tokens; pad after a row's EOS
+    lengths: Tensor  # (B,) new tokens of each row, its EOS included
+
+    def texts(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+        return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(self.tokens, self.lengths.tolist())]
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Logits with -inf outside the top-k set and outside the top-p nucleus (last dim = vocabulary)."""
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs >= top_p  # the tokens before already hold top_p: the top token always stays
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, config: DecodeConfig, generator: torch.Generator) -> Tensor:
+    """(B, V) float logits -> (B,) token ids: argmax when greedy, else a seeded draw."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / config.temperature, config.top_k, config.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding: each row's first real token is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def conditioned_logits(backbone: Backbone, hidden: Tensor, condition: Condition | None, logit_bias: Tensor | None) -> Tensor:
+    """(B, 1, D) pre-norm state of the newest position -> (B, V) float32 next-token logits."""
+    if condition is not None:
+        conditioned = condition(hidden)
+        if conditioned.shape != hidden.shape:
+            raise ValueError(f"condition must keep the shape {tuple(hidden.shape)}, it returned {tuple(conditioned.shape)}")
+        hidden = conditioned
+    logits = backbone.logits(hidden)[:, -1]
+    return logits if logit_bias is None else logits + logit_bias
+
+
+def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor, config: DecodeConfig, logit_bias: Tensor | None) -> None:
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids and attention_mask must both be (B, P), got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("prompts must be left-padded: attention_mask[:, -1] must be 1 in every row (Collator.prompts does this)")
+    total = input_ids.shape[1] + config.max_new_tokens
+    if total > backbone.max_positions:
+        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds the model's context of {backbone.max_positions}")
+    if logit_bias is not None and (logit_bias.shape[-1] != backbone.vocab_size or logit_bias.ndim > 2):
+        raise ValueError(f"logit_bias must be (B, {backbone.vocab_size}) or ({backbone.vocab_size},), got {tuple(logit_bias.shape)}")
+
+
+@torch.inference_mode()
+def generate(
+    backbone: Backbone,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    config: DecodeConfig = DecodeConfig(),
+    *,
+    condition: Condition | None = None,
+    logit_bias: Tensor | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
+    _check_inputs(backbone, input_ids, attention_mask, config, logit_bias)
+    generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
+    eos_ids = torch.tensor(backbone.eos_token_ids, device=input_ids.device)
+    pad_id = backbone.tokenizer.pad_token_id
+    ids, mask = input_ids, attention_mask
+    hidden, cache = backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    lengths = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+    tokens: list[Tensor] = []
+    while True:
+        token = next_token(conditioned_logits(backbone, hidden[:, -1:], condition, logit_bias), config, generator)
+        token = torch.where(finished, pad_id, token)
+        tokens.append(token)
+        lengths += ~finished
+        finished |= torch.isin(token, eos_ids)
+        if len(tokens) == config.max_new_tokens or bool(finished.all()):
+            break
+        # Finished rows keep decoding pad tokens (mask 1): their outputs are discarded, the batch stays aligned.
+        ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        if use_cache:
+            hidden, cache = backbone.hidden_states(token[:, None], mask, position_ids(mask)[:, -1:], past_key_values=cache, use_cache=True)
+        else:
+            hidden, _ = backbone.hidden_states(ids, mask, position_ids(mask))
+    return Generation(torch.stack(tokens, 1), lengths)
+
+
+def benchmark_decode(backbone: Backbone, *, new_tokens: int = 64, prompt_tokens: int = 32, batch_size: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, float]:
+    """Greedy tokens/s with the KV cache and with the recompute reference: best of `repeats`
+    interleaved runs per path after a warm-up (other load on a shared machine only slows runs down).
+
+    EOS is banned through the logit bias, so both paths decode exactly `new_tokens` per row.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, backbone.vocab_size, (batch_size, prompt_tokens), generator=generator).to(backbone.device)
+    mask = torch.ones_like(ids)
+    ban_eos = torch.zeros(backbone.vocab_size, device=backbone.device)
+    ban_eos[list(backbone.eos_token_ids)] = float("-inf")
+    paths = {"kv_cache": True, "recompute": False}
+    for use_cache in paths.values():
+        generate(backbone, ids, mask, DecodeConfig(max_new_tokens=2), use_cache=use_cache)  # warm-up
+    best = dict.fromkeys(paths, 0.0)
+    for _ in range(repeats):
+        for name, use_cache in paths.items():
+            start = time.perf_counter()
+            out = generate(backbone, ids, mask, DecodeConfig(max_new_tokens=new_tokens), logit_bias=ban_eos, use_cache=use_cache)
+            produced = int(out.lengths.sum())  # syncs the device before the clock stops
+            best[name] = max(best[name], produced / (time.perf_counter() - start))
+    return {"kv_cache_tokens_per_s": best["kv_cache"], "recompute_tokens_per_s": best["recompute"], "speedup": best["kv_cache"] / best["recompute"]}

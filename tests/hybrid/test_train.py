@@ -1,0 +1,91 @@
+"""The training loop: bit-identical resume, evaluation curve, verifier scores of teacher-forced answers."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid.backbone import tiny_backbone
+from hybrid.tasks import Collator, Example, get_task
+from hybrid.train import HybridTrainConfig, TrainData, Trainable, answer_scores, fit
+from hybrid.trainable import HybridTrainable, label_aligned
+from puzzle_hrm.data.format import IGNORE_LABEL_ID
+from tests.hybrid.tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup():
+    backbone = tiny_backbone()
+    config = HybridTrainConfig(train_n=24, eval_n=4, batch_size=4, max_steps=4, eval_every=2, log_samples_every=2, max_new_tokens=4, progress=False)
+    data = TrainData.build(config, Collator(backbone.tokenizer, backbone.max_positions))
+    data.cache_states(backbone, None)
+    return backbone, data, config
+
+
+def trained(setup, output_dir, steps: int, resume: bool, act: bool = True, **overrides) -> HybridTrainable:
+    backbone, data, config = setup
+    torch.manual_seed(0)
+    model = HybridTrainable(tiny_config(use_act=act), backbone, data.collator)
+    fit(model, data, replace(config, max_steps=steps, resume=resume, output_dir=str(output_dir), **overrides))
+    return model
+
+
+def test_resume_continues_bit_identically(setup, tmp_path):
+    straight = trained(setup, tmp_path / "straight", 4, resume=False, eval_every=100, log_samples_every=0)
+    trained(setup, tmp_path / "resumed", 2, resume=False, eval_every=100, log_samples_every=0)
+    resumed = trained(setup, tmp_path / "resumed", 4, resume=True, eval_every=100, log_samples_every=0)
+    assert isinstance(straight, Trainable)
+    untrained = HybridTrainable(tiny_config(use_act=True), setup[0], setup[1].collator).state_dict()
+    for name, weight in straight.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
+    assert any(not torch.equal(w, untrained[k]) for k, w in straight.state_dict().items())  # it did train
+
+
+def test_the_eval_curve_has_one_row_per_evaluation(setup, tmp_path):
+    trained(setup, tmp_path, 4, resume=False, act=False)
+    rows = list(csv.DictReader((tmp_path / "eval_curve.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0.0 <= float(r["verifier_accuracy"]) <= 1.0 for r in rows)
+    assert "verifier_accuracy/addition" in rows[0]
+
+
+def test_batches_depend_only_on_the_step_and_cover_each_epoch(setup):
+    _, data, _ = setup
+    assert torch.equal(data.indices(7, 4), data.indices(7, 4))
+    epoch = torch.cat([data.indices(s, 4) for s in range(len(data.train) // 4)])
+    assert sorted(epoch.tolist()) == list(range(len(data.train)))
+    assert not set(ex.question for ex in data.eval) & set(ex.question for ex in data.train)
+
+
+def test_answer_scores_decode_the_teacher_forced_answer_and_verify_it(setup):
+    backbone, data, _ = setup
+    task = get_task("addition")
+    examples = [Example("addition", "What is 1 + 2?", "3"), Example("addition", "What is 2 + 2?", "4")]
+    batch = data.collator(examples)
+    labels = batch["labels"]
+    right = torch.where(labels == IGNORE_LABEL_ID, 0, labels)  # the gold answer + EOS
+    wrong = right.clone()
+    wrong[1][labels[1] != IGNORE_LABEL_ID] = backbone.tokenizer.convert_tokens_to_ids("7")
+    scores = answer_scores([right, wrong], labels, examples, {"addition": task}, backbone.tokenizer)
+    assert scores[0].tolist() == [1.0, 1.0] and scores[1].tolist() == [1.0, 0.0]
+
+
+def test_label_aligned_puts_state_t_predictions_at_label_t_plus_1():
+    positions = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    aligned = label_aligned(torch.tensor([5, 6, 7]), positions)
+    assert aligned.tolist() == [[0, 0, 5, 6], [0, 7, 0, 0]]
+
+
+def test_the_cache_on_disk_is_reused_and_gives_the_same_batches(setup, tmp_path):
+    backbone, data, _ = setup
+    in_memory = data.cache.batch([0, 1])
+    on_disk = TrainData(data.tasks, data.train, data.eval, data.collator, data.seed)
+    on_disk.cache_states(backbone, str(tmp_path / "cache"))
+    reopened = TrainData(data.tasks, data.train, data.eval, data.collator, data.seed)
+    reopened.cache_states(backbone, str(tmp_path / "cache"))
+    assert isinstance(reopened.cache.hidden, np.memmap)  # loaded from disk, not rebuilt
+    assert torch.equal(reopened.cache.batch([0, 1]).hidden_states, in_memory.hidden_states)
