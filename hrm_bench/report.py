@@ -1,0 +1,102 @@
+"""`python -m hrm_bench.report --suite hybrid`: one table over seeds (mean ± std) from results/runs.csv.
+
+A suite run records one row per variant and seed (e.g. `python -m hrm_bench.run -m suite=hybrid
+seed=0,1,2`). This report groups the chosen rows by variant: mean and sample standard deviation of
+the metric over seeds, the number of seeds, and the rows' trainable parameters and throughput. When
+a (variant, seed) pair was run more than once, the newest row counts, so a re-run replaces and
+never double counts. Writes results/<suite>-seeds.md and a bar plot with error bars beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from hrm_bench import records
+
+
+def select_rows(table: pd.DataFrame, suite: str, since: str | None, model: str | None, hardware: str | None) -> pd.DataFrame:
+    """Rows of `suite` (optionally from `since` on, for one model / hardware), newest per (variant, seed)."""
+    rows = table[table["suite"] == suite]
+    if since:
+        rows = rows[rows["date"] >= since]
+    if model:
+        rows = rows[rows["model"] == model]
+    if hardware:
+        rows = rows[rows["hardware"] == hardware]
+    if rows.empty:
+        raise ValueError(f"no rows of suite {suite!r} match (since={since}, model={model}, hardware={hardware})")
+    return rows.sort_values("date", kind="stable").drop_duplicates(["variant", "seed"], keep="last")
+
+
+def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per variant (in the order they first appear): mean, std over seeds (NaN for one seed), n seeds."""
+    order = list(dict.fromkeys(rows["variant"]))
+    grouped = rows.groupby("variant", sort=False)
+    summary = pd.DataFrame(
+        {
+            "mean": grouped[metric].mean(),
+            "std": grouped[metric].std(ddof=1),
+            "seeds": grouped["seed"].nunique(),
+            "params": grouped["params"].mean(),
+            "train_examples_per_s": grouped["train_examples_per_s"].mean(),
+        }
+    )
+    return summary.loc[order]
+
+
+def markdown(summary: pd.DataFrame, metric: str, header: str) -> str:
+    lines = [header, "", f"| variant | {metric} (mean ± std) | seeds | trainable params | train ex/s |", "|---|---|---|---|---|"]
+    for variant, r in summary.iterrows():
+        spread = f" ± {r['std']:.3f}" if pd.notna(r["std"]) else ""
+        rate = f"{r['train_examples_per_s']:.1f}" if pd.notna(r["train_examples_per_s"]) else ""
+        lines.append(f"| {variant} | {r['mean']:.3f}{spread} | {int(r['seeds'])} | {r['params']:,.0f} | {rate} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pd.DataFrame, metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(summary.index, summary["mean"], yerr=summary["std"].fillna(0), capsize=4)
+    ax.set(ylabel=metric, title=title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="hybrid")
+    parser.add_argument("--metric", default="verifier_accuracy")
+    parser.add_argument("--since", default=None, help="ISO date-time: only rows from then on (e.g. one sweep)")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--hardware", default=None)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    results = Path(args.results_dir)
+    table = pd.read_csv(results / "runs.csv")
+    rows = select_rows(table, args.suite, args.since, args.model, args.hardware)
+    summary = seed_summary(rows, args.metric)
+    stamp = records.run_stamp("hrm_bench.report", Path(__file__).resolve().parents[1])
+    devices = ", ".join(sorted(set(rows["device"].astype(str))))
+    header = (
+        f"# {args.suite}: {args.metric} over seeds\n\n"
+        f"From {len(rows)} rows of results/runs.csv (suite={args.suite}, models {', '.join(sorted(set(rows['model'])))}, "
+        f"seeds {sorted(set(rows['seed']))}, device {devices}; rows from {rows['date'].min()} to {rows['date'].max()}). "
+        f"Made by `{stamp['command']}` at commit {stamp['commit']} on {stamp['date']}. Std is the sample standard deviation over seeds."
+    )
+    records.write_atomic(results / f"{args.suite}-seeds.md", markdown(summary, args.metric, header))
+    plot(summary, args.metric, results / f"{args.suite}-seeds.png", f"{args.suite}: {args.metric}, mean ± std over {summary['seeds'].max()} seeds")
+    print(markdown(summary, args.metric, header))
+
+
+if __name__ == "__main__":
+    main()

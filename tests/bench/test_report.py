@@ -1,0 +1,43 @@
+import math
+
+import pandas as pd
+import pytest
+
+from hrm_bench import report
+
+
+def rows(*entries):
+    cols = ["date", "suite", "model", "hardware", "device", "variant", "seed", "params", "train_examples_per_s", "verifier_accuracy"]
+    return pd.DataFrame([dict(zip(cols, e)) for e in entries])
+
+
+TABLE = rows(
+    ("2026-01-01T00:00:00Z", "hybrid", "m", "cpu", "x", "a", 0, 10, 5.0, 0.9),  # replaced by the re-run below
+    ("2026-01-02T00:00:00Z", "hybrid", "m", "cpu", "x", "a", 0, 10, 5.0, 0.2),
+    ("2026-01-02T00:00:01Z", "hybrid", "m", "cpu", "x", "a", 1, 10, 7.0, 0.4),
+    ("2026-01-02T00:00:02Z", "hybrid", "m", "cpu", "x", "b", 0, 0, None, 0.5),
+    ("2026-01-02T00:00:03Z", "sudoku", "m", "cpu", "x", "a", 0, 10, 5.0, 0.0),
+)
+
+
+def test_newest_row_per_variant_and_seed_and_mean_std_over_seeds():
+    summary = report.seed_summary(report.select_rows(TABLE, "hybrid", None, None, None), "verifier_accuracy")
+    assert list(summary.index) == ["a", "b"]
+    assert summary.loc["a", "mean"] == pytest.approx(0.3)
+    assert summary.loc["a", "std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.2, 0.4
+    assert summary.loc["a", "seeds"] == 2 and summary.loc["b", "seeds"] == 1
+    assert math.isnan(summary.loc["b", "std"])
+
+
+def test_since_filter_and_no_match_error():
+    assert len(report.select_rows(TABLE, "hybrid", "2026-01-02T00:00:01Z", None, None)) == 2
+    with pytest.raises(ValueError, match="no rows of suite 'maze'"):
+        report.select_rows(TABLE, "maze", None, None, None)
+
+
+def test_markdown_and_plot_files(tmp_path):
+    TABLE.to_csv(tmp_path / "runs.csv", index=False)
+    report.main(["--results-dir", str(tmp_path)])
+    text = (tmp_path / "hybrid-seeds.md").read_text()
+    assert "| a | 0.300 ± 0.141 | 2 | 10 | 6.0 |" in text and "| b | 0.500 | 1 | 0 |  |" in text
+    assert (tmp_path / "hybrid-seeds.png").stat().st_size > 0
