@@ -56,20 +56,12 @@ def compare(curves: pd.DataFrame, window: int) -> dict[str, float]:
 
 
 def plot(curves: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = records.figure()
     for name in curves.columns:
         ax.plot(curves.index, curves[name], label=name, linewidth=1)
     ax.set(xlabel="step", ylabel="train lm_loss", title=title)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    records.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -176,6 +176,24 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def figure(width: float = 7, height: float = 4):
+    """A matplotlib figure and axes on the file-only Agg backend (no display on CI or GPU machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a plot as PNG atomically (temp file + rename), like the tables."""
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
 def _git(repo_dir: str | Path, *args: str) -> str:
     result = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, check=True, timeout=10)
     return result.stdout.strip()

@@ -57,19 +57,11 @@ def markdown(summary: pd.DataFrame, metric: str, header: str) -> str:
 
 
 def plot(summary: pd.DataFrame, metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = records.figure(width=8)
     ax.bar(summary.index, summary["mean"], yerr=summary["std"].fillna(0), capsize=4)
     ax.set(ylabel=metric, title=title)
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    records.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
