@@ -24,6 +24,7 @@ from hrm_bench import records
 from hrm_bench.datasets import ensure_dataset
 from hrm_bench.profiles import detect_profile
 from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.data.format import atomic_write_text
 from puzzle_hrm.data.loader import PuzzleLoader
 from puzzle_hrm.train import TrainConfig, build_state, train_step
 
@@ -92,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = compare(table, args.window)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    records.write_atomic(results / "curves.csv", table.to_csv())
+    atomic_write_text(results / "curves.csv", table.to_csv())
     stamp = records.run_stamp("hrm_bench.curves", Path(__file__).resolve().parents[1])
     meta = {**stamp, "device": profile.device_name, "batch": args.batch, "steps": args.steps, "window": args.window, **summary}
-    records.write_atomic(results / "curves.json", json.dumps(meta, indent=1))
+    atomic_write_text(results / "curves.json", json.dumps(meta, indent=1))
     plot(table, results / "curves.png", f"{profile.device_name}, batch {args.batch}")
     verdict = "PASS" if summary["fast_vs_reference"] <= summary["reference_vs_fp32"] else "FAIL"
     print(json.dumps(meta, indent=1))

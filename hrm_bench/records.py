@@ -18,11 +18,12 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from puzzle_hrm.data.format import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ def append_row(csv_path: str | Path, row: Mapping[str, object], columns: Sequenc
     table = _read_table(csv_path, columns)
     table.loc[len(table)] = [_cell(row.get(c)) for c in columns]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(csv_path, table.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
     preamble = f"{header.strip()}\n\n" if header.strip() else ""
-    write_atomic(csv_path.with_suffix(".md"), preamble + markdown_table(table))
+    atomic_write_text(csv_path.with_suffix(".md"), preamble + markdown_table(table))
     logger.info("appended a row to %s (%d rows)", csv_path, len(table))
 
 
@@ -159,21 +160,6 @@ def _format_cell(column: str, text: str) -> str:
 def _markdown_line(cells: Sequence[str]) -> str:
     escaped = (str(cell).replace("|", r"\|").replace("\n", " ") for cell in cells)
     return "| " + " | ".join(escaped) + " |"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in path's folder, then os.replace it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def figure(width: float = 7, height: float = 4):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hrm_bench import records
+from puzzle_hrm.data.format import atomic_write_text
 
 
 def select_rows(table: pd.DataFrame, suite: str, since: str | None, model: str | None, hardware: str | None) -> pd.DataFrame:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         f"seeds {sorted(set(rows['seed']))}, device {devices}; rows from {rows['date'].min()} to {rows['date'].max()}). "
         f"Made by `{stamp['command']}` at commit {stamp['commit']} on {stamp['date']}. Std is the sample standard deviation over seeds."
     )
-    records.write_atomic(results / f"{args.suite}-seeds.md", markdown(summary, args.metric, header))
+    atomic_write_text(results / f"{args.suite}-seeds.md", markdown(summary, args.metric, header))
     plot(summary, args.metric, results / f"{args.suite}-seeds.png", f"{args.suite}: {args.metric}, mean ± std over {summary['seeds'].max()} seeds")
     print(markdown(summary, args.metric, header))
 

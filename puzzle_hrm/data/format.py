@@ -107,13 +107,18 @@ def _temp_path(target: Path, tag: str) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see a partial file."""
+    """Write via a temp file in the same folder + os.replace, so readers never see a partial file.
+    The data is fsynced before the rename and an existing file keeps its permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path, "tmp")
     try:
-        with open(tmp, "x", newline="") as f:
+        with open(tmp, "x", encoding="utf-8", newline="") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

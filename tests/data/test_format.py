@@ -211,6 +211,9 @@ def test_sets_must_match_arrays():
 def test_atomic_write_text(tmp_path):
     target = tmp_path / "sub" / "note.txt"
     atomic_write_text(target, "first")
+    target.chmod(0o640)
     atomic_write_text(target, "second")
     assert target.read_text() == "second"
+    assert target.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
     assert hidden_entries(target.parent) == []
+
