@@ -22,8 +22,7 @@ from hrm_bench.run import REPO_ROOT
 from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.evaluate import rollout
 from puzzle_hrm.model import HRM
-from puzzle_hrm.optim import build_optimizers
-from puzzle_hrm.train import TrainConfig, TrainState, synchronize, train_step
+from puzzle_hrm.train import TrainConfig, init_state, synchronize, train_step
 
 # seq_len, vocab_size, num_puzzle_identifiers of the official data sets
 SHAPES = {"sudoku": (81, 11, 1), "maze": (900, 6, 1), "arc": (900, 12, 960_000)}
@@ -69,14 +68,10 @@ class Bench:
 
 def build_bench(cfg: HRMConfig, path: str, device: torch.device, compile_mode: str | None = None) -> Bench:
     """`path` = reference (eager) or fast (torch.compile of the whole ACT module)."""
-    torch.manual_seed(0)
-    model = HRM(cfg).to(device)
+    train_cfg = TrainConfig(global_batch_size=cfg.batch_size, lr_warmup_steps=0)  # the official optimizer settings
+    state = init_state(train_cfg, cfg, device, total_steps=10**9)
+    model = state.model
     forward = torch.compile(model, mode=compile_mode) if path == "fast" else model
-    optimizers, base_lrs = build_optimizers(
-        model, optimizer="adamw", lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, fused=device.type == "cuda"
-    )
-    state = TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=10**9)
-    train_cfg = TrainConfig(global_batch_size=cfg.batch_size, lr_warmup_steps=0)
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(cfg, device, generator) for _ in range(4)]
     counter = iter(range(10**9))

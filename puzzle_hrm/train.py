@@ -124,9 +124,17 @@ def model_config_for(arch: HRMConfig, metadata: DatasetMetadata, local_batch_siz
 
 
 def build_state(cfg: TrainConfig, arch: HRMConfig, metadata: DatasetMetadata, device: torch.device) -> TrainState:
+    """The training state for a dataset: its shapes fix the model, its size the schedule length."""
+    _, world_size = world()
+    total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
+    return init_state(cfg, model_config_for(arch, metadata, cfg.global_batch_size // world_size), device, total)
+
+
+def init_state(cfg: TrainConfig, model_config: HRMConfig, device: torch.device, total_steps: int) -> TrainState:
+    """Seeded model (identical on every rank) and the optimizers of cfg, for a schedule of total_steps."""
     rank, world_size = world()
     torch.manual_seed(cfg.seed)  # same init on every rank ...
-    model = HRM(model_config_for(arch, metadata, cfg.global_batch_size // world_size)).to(device)
+    model = HRM(model_config).to(device)
     if world_size > 1:  # ... and made certain by a broadcast, as the official code does
         with torch.no_grad():
             for tensor in list(model.parameters()) + list(model.buffers()):
@@ -143,8 +151,7 @@ def build_state(cfg: TrainConfig, arch: HRMConfig, metadata: DatasetMetadata, de
         world_size=world_size,
         fused=device.type == "cuda",
     )
-    total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
-    return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total)
+    return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total_steps)
 
 
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
