@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from hrm_bench.perf import SHAPES, build_bench
+from hrm_bench.perf import SHAPES, Levers, build_bench
 from hrm_bench.profiles import detect_profile
 from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.train import synchronize
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--path", choices=["reference", "fast"], nargs="+", default=["fast"])
     parser.add_argument("--compile-mode", default=None)
+    parser.add_argument("--precision", default="default", help="default | fp8 | fp8_tensorwise")
+    parser.add_argument("--attn-backend", default=None, help="attention kernel (puzzle_hrm.layers.ATTN_BACKENDS)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=20, help="list this many kernels by GPU time")
     args = parser.parse_args(argv)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     floor_ms = sum(r["total_ms"] for r in floor)
     print(f"GEMM floor of one training step: {floor_ms:.2f} ms = {cfg.batch_size / floor_ms * 1e3:.0f} examples/s at most")
     for path in args.path:
-        bench = build_bench(cfg, path, device, args.compile_mode)
+        bench = build_bench(cfg, path, device, Levers(args.compile_mode, args.precision, args.attn_backend))
         bench.model.train()
         start = time.perf_counter()
         for _ in range(3):

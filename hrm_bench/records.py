@@ -40,7 +40,7 @@ RUN_COLUMNS = (
 )  # fmt: skip
 # One row per performance measurement (results/perf.csv); path is "fast" or "reference".
 PERF_COLUMNS = (
-    "date", "command", "commit", "device", "profile", "path", "shape", "batch",
+    "date", "command", "commit", "device", "profile", "path", "config", "shape", "batch",
     "train_examples_per_s", "eval_puzzles_per_s", "tflops", "mfu", "peak_mem_gib", "warmup_s",
 )  # fmt: skip
 SCALING_COLUMNS = PERF_COLUMNS + ("n_gpus", "scaling_efficiency")  # results/scaling.csv
@@ -50,7 +50,7 @@ SCALING_COLUMNS = PERF_COLUMNS + ("n_gpus", "scaling_efficiency")  # results/sca
 # Needed because "13.0" (a CUDA version) and "1.30" (a float) look alike once stored as text.
 TEXT_COLUMNS = frozenset(
     {"date", "command", "commit", "suite", "model", "variant", "data", "data_provenance", "hardware",
-     "device", "torch", "cuda", "profile", "path", "shape"}
+     "device", "torch", "cuda", "profile", "path", "config", "shape"}
 )  # fmt: skip
 
 

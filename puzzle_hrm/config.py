@@ -38,7 +38,7 @@ class HRMConfig:
     halt_exploration_prob: float = 0.1
 
     forward_dtype: str = "bfloat16"  # official default; use "float32" on CPU
-    attn_backend: str = "auto"  # ours, not official: auto (flash-attn on CUDA if importable) | flash | sdpa
+    attn_backend: str = "auto"  # ours, not official: auto (flash-attn on CUDA if importable) | flash | sdpa | sdpa_<kernel> (layers.SDPA_KERNELS)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 try:  # flash-attn is optional; SDPA is the fallback and the CPU path
     from flash_attn import flash_attn_func  # type: ignore[import-not-found]
@@ -102,24 +103,40 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
     return q_embed.to(dtype), k_embed.to(dtype)
 
 
+# SDPA with one kernel forced (to measure or pin the attention kernel); "sdpa" lets PyTorch choose.
+SDPA_KERNELS = {
+    "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa_math": SDPBackend.MATH,
+}
+ATTN_BACKENDS = ("auto", "flash", "sdpa", *SDPA_KERNELS)
+
+
 def resolve_attn_backend(backend: str, device: torch.device) -> str:
     """'auto' → flash-attn on CUDA when importable (the official kernel), else PyTorch SDPA."""
+    if backend not in ATTN_BACKENDS:
+        raise ValueError(f"attn_backend must be one of {' | '.join(ATTN_BACKENDS)}, got {backend!r}")
     if backend == "auto":
         return "flash" if flash_attn_func is not None and device.type == "cuda" else "sdpa"
     if backend == "flash" and flash_attn_func is None:
         raise ImportError("attn_backend='flash' but flash_attn is not importable; install the [flash] extra")
-    if backend not in ("flash", "sdpa"):
-        raise ValueError(f"attn_backend must be auto | flash | sdpa, got {backend!r}")
     return backend
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """Bidirectional attention; q, k, v and the result are (B, L, H, head_dim)."""
-    if resolve_attn_backend(backend, q.device) == "flash":
+    backend = resolve_attn_backend(backend, q.device)
+    if backend == "flash":
         out = flash_attn_func(q, k, v, causal=False)
         return out[0] if isinstance(out, tuple) else out
     # SDPA wants (B, H, L, head_dim)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if backend in SDPA_KERNELS:
+        with sdpa_kernel(SDPA_KERNELS[backend]):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=False)
     return out.transpose(1, 2)
 
 

@@ -44,13 +44,28 @@ class CastedSparseEmbedding(nn.Module):
 
 
 def signsgd_sparse_update(grad: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, lr: float, weight_decay: float) -> None:
-    """In place: rows r of `weights` touched by `ids` get w_r ← w_r·(1 − lr·wd) − lr·sign(Σ grad of r)."""
-    unique_ids, inverse = ids.long().unique(return_inverse=True)
-    summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
-    summed.index_add_(0, inverse, grad)
-    rows = weights[unique_ids]
+    """In place: rows r of `weights` touched by `ids` get w_r ← w_r·(1 − lr·wd) − lr·sign(Σ grad of r).
+
+    Written without `unique`, whose data-dependent output size makes the host wait for the GPU once
+    per step: the rows' groups are numbered in sorted id order (as `unique` numbers them), gradients
+    are summed in their original order (the same float32 sums), and the unused group slots repeat
+    the last group, so the write-back holds duplicate indices with identical values only.
+    """
+    n = ids.shape[0]
+    if n == 0:
+        return
+    sorted_ids, order = ids.long().sort()
+    is_first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    is_first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group_sorted = is_first.cumsum(0) - 1  # group of each sorted row, 0 .. n_groups - 1
+    group = torch.empty_like(group_sorted).scatter_(0, order, group_sorted)  # group of each original row
+    summed = torch.zeros(n, grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, group, grad)
+    group_ids = torch.zeros_like(sorted_ids).scatter_(0, group_sorted, sorted_ids)
+    slot = torch.minimum(torch.arange(n, device=ids.device), group_sorted[-1])  # slots past the last group repeat it
+    group_ids, summed = group_ids[slot], summed[slot]
+    rows = weights[group_ids]
     rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed), alpha=-lr)
-    weights[unique_ids] = rows
+    weights[group_ids] = rows
 
 
 def all_gather_rows(grad: torch.Tensor, ids: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:

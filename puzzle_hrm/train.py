@@ -9,6 +9,7 @@ across ranks, the cosine-with-warm-up lr set on both optimizers, step. Evaluatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.data.format import DatasetMetadata
 from puzzle_hrm.data.loader import PuzzleLoader, official_total_steps
 from puzzle_hrm.evaluate import evaluate
+from puzzle_hrm.fp8 import convert_to_fp8
 from puzzle_hrm.losses import act_loss
 from puzzle_hrm.model import HRM, Batch, HRMCarry
 from puzzle_hrm.optim import build_optimizers, cosine_schedule_with_warmup
@@ -58,6 +60,9 @@ class TrainConfig:
     max_train_seconds: float | None = None  # stop early after this much training time (checked every log_every steps)
     device: str = "auto"
     compile: bool = False
+    compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" = CUDA graphs of the segment
+    compile_loss: bool = True  # with compile: the ACT loss gets a compiled graph too (fused stablemax, as the official head)
+    precision: str = "default"  # default: matmuls in forward_dtype | fp8 (rowwise scales) | fp8_tensorwise (puzzle_hrm/fp8.py)
     eval_max_batches: int | None = None  # cap evaluation (CPU profiles); None = the whole test split
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end (when checkpoint_dir is set)
@@ -135,6 +140,8 @@ def init_state(cfg: TrainConfig, model_config: HRMConfig, device: torch.device, 
     rank, world_size = world()
     torch.manual_seed(cfg.seed)  # same init on every rank ...
     model = HRM(model_config).to(device)
+    if cfg.precision != "default":
+        apply_precision(model, cfg.precision)
     if world_size > 1:  # ... and made certain by a broadcast, as the official code does
         with torch.no_grad():
             for tensor in list(model.parameters()) + list(model.buffers()):
@@ -154,6 +161,41 @@ def init_state(cfg: TrainConfig, model_config: HRMConfig, device: torch.device, 
     return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total_steps)
 
 
+PRECISIONS = {"fp8": "rowwise", "fp8_tensorwise": "tensorwise"}  # precision -> fp8 scaling recipe
+
+
+def apply_precision(model: torch.nn.Module, precision: str) -> None:
+    """Opt-in matmul precisions that change the maths (off by default)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {' | '.join(PRECISIONS)}, got {precision!r}")
+    convert_to_fp8(model, PRECISIONS[precision])
+
+
+def compile_forward(model: HRM, cfg: TrainConfig) -> Callable:
+    """The module itself, or torch.compile of it (the whole ACT segment: one graph per mode)."""
+    return torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+
+
+@functools.cache
+def compiled_act_loss() -> Callable:
+    return torch.compile(act_loss)
+
+
+def uses_cuda_graphs(cfg: TrainConfig) -> bool:
+    return cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+
+
+def clone_tensors(value: Any) -> Any:
+    """A copy of a carry (dataclasses / dicts of tensors) that outlives the CUDA graph's next replay."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: clone_tensors(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: clone_tensors(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return value
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum gradients over ranks in one flat buffer (the loss is already scaled by 1/global batch)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -168,8 +210,12 @@ def train_step(state: TrainState, forward: Callable, batch: Batch, cfg: TrainCon
     state.step += 1  # the official schedule is evaluated at the post-increment step (1 for the first)
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
+    if uses_cuda_graphs(cfg):
+        torch.compiler.cudagraph_mark_step_begin()  # the graphs' outputs of the last step may be overwritten now
     state.carry, outputs = forward(carry=state.carry, batch=batch)
-    loss, metrics = act_loss(state.carry, outputs, cfg.loss_type)
+    if uses_cuda_graphs(cfg):
+        state.carry = clone_tensors(state.carry)
+    loss, metrics = (compiled_act_loss() if cfg.compile and cfg.compile_loss else act_loss)(state.carry, outputs, cfg.loss_type)
     (loss / cfg.global_batch_size).backward()
     if world_size > 1:
         all_reduce_grads(list(state.model.parameters()))
@@ -242,7 +288,7 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     device = resolve_device(cfg.device)
     train_loader = PuzzleLoader(cfg.data_path, "train", cfg.global_batch_size, mode="train", seed=cfg.seed, epochs_per_iter=cfg.eval_interval, rank=rank, world_size=world_size)
     state = build_state(cfg, arch, train_loader.metadata, device)
-    forward = torch.compile(state.model) if cfg.compile else state.model
+    forward = compile_forward(state.model, cfg)
     ckpt_path = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         restore_training_checkpoint(ckpt_path, state, train_loader, device)

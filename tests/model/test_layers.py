@@ -71,3 +71,9 @@ def test_block_is_post_norm():
     block = HRMBlock(16, 2, 256, 1e-5, "sdpa")
     out = block(torch.randn(2, 5, 16) * 10, None)
     torch.testing.assert_close(out.square().mean(-1), torch.ones(2, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_forced_sdpa_math_kernel_matches_default_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 82, 4, 16) for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v, "sdpa_math"), attention(q, k, v, "sdpa"))
