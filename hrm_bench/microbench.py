@@ -37,7 +37,7 @@ from puzzle_hrm.data.loader import Batch, PuzzleLoader
 from puzzle_hrm.data.sudoku import SudokuBuildConfig, build
 from puzzle_hrm.evaluate import rollout
 from puzzle_hrm.losses import stablemax_cross_entropy
-from puzzle_hrm.sparse_embedding import CastedSparseEmbedding, SparseEmbeddingSignSGD
+from puzzle_hrm.sparse_embedding import CastedSparseEmbedding, SparseEmbeddingSignSGD, signsgd_update_without_sync
 from puzzle_hrm.train import TrainConfig, TrainState, build_state, train_step
 
 BATCH = 16  # model, loader and rollout batch
@@ -135,6 +135,15 @@ def _signsgd(bench: Bench) -> Work:
     return optimizer.step
 
 
+def _signsgd_without_sync(bench: Bench) -> Work:
+    """The GPU form of the same update (fixed-size tensors, no `unique`), run on the CPU."""
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(SIGNSGD_TABLE, SIGNSGD_DIM, generator=generator) * 0.02
+    ids = torch.randint(0, SIGNSGD_TABLE, (SIGNSGD_ROWS,), generator=generator)
+    grad = torch.randn(SIGNSGD_ROWS, SIGNSGD_DIM, generator=generator)
+    return lambda: signsgd_update_without_sync(grad, ids, weights, 1e-2, 0.1)
+
+
 def _hybrid_step(bench: Bench) -> Work:
     config = HybridConfig(d_h=64, num_heads=4, H_layers=1, L_layers=1)
     return cached_step(tiny_backbone(vocab_size=HYBRID_VOCAB), config, batch_size=BATCH).run
@@ -163,6 +172,7 @@ WORKLOADS = (
     Workload("loss", f"stablemax cross-entropy forward + backward, {LOSS_BATCH}x81x11 logits", _loss),
     Workload("loader", f"next train batch of {BATCH} from the memory-mapped official layout", _loader),
     Workload("signsgd", f"SignSGD sparse update of {SIGNSGD_ROWS} rows of {SIGNSGD_DIM} in a {SIGNSGD_TABLE}-row table", _signsgd),
+    Workload("signsgd_without_sync", f"the same update in its GPU form (no unique), {SIGNSGD_ROWS} rows", _signsgd_without_sync),
     Workload("hybrid_step", f"hybrid: cached-state HRM-controller step (3 segments, GRB, LM head of {HYBRID_VOCAB} rows, AdamW)", _hybrid_step),
 )
 CALIBRATION = Workload("calibration", "fixed matmul + elementwise + small-op mix (no project code)", _calibration)

@@ -46,11 +46,29 @@ class CastedSparseEmbedding(nn.Module):
 def signsgd_sparse_update(grad: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, lr: float, weight_decay: float) -> None:
     """In place: rows r of `weights` touched by `ids` get w_r ← w_r·(1 − lr·wd) − lr·sign(Σ grad of r).
 
-    Written without `unique`, whose data-dependent output size makes the host wait for the GPU once
-    per step: the rows' groups are numbered in sorted id order (as `unique` numbers them), gradients
-    are summed in their original order (the same float32 sums), and the unused group slots repeat
-    the last group, so the write-back holds duplicate indices with identical values only.
+    On a GPU without `unique`, whose data-dependent output size makes the host wait for the GPU
+    once per step; on the CPU (no host/device split) the `unique` form, which does fewer operations.
+    Both give the same float32 result bit for bit.
     """
+    update = signsgd_update_without_sync if weights.device.type == "cuda" else signsgd_update_unique
+    update(grad, ids, weights, lr, weight_decay)
+
+
+def signsgd_update_unique(grad: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """The official formulation: sum the gradients per unique id, update those rows."""
+    unique_ids, inverse = ids.long().unique(return_inverse=True)
+    summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
+    summed.index_add_(0, inverse, grad)
+    rows = weights[unique_ids]
+    rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed), alpha=-lr)
+    weights[unique_ids] = rows
+
+
+def signsgd_update_without_sync(grad: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """The same update with fixed-size tensors only: the rows' groups are numbered in sorted id
+    order (as `unique` numbers them), gradients are summed in their original order (the same
+    float32 sums), and the unused group slots repeat the last group, so the write-back holds
+    duplicate indices with identical values only."""
     n = ids.shape[0]
     if n == 0:
         return

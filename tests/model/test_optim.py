@@ -3,7 +3,13 @@ import torch
 
 from puzzle_hrm.model import HRM
 from puzzle_hrm.optim import build_optimizers, cosine_schedule_with_warmup
-from puzzle_hrm.sparse_embedding import CastedSparseEmbedding, SparseEmbeddingSignSGD, signsgd_sparse_update
+from puzzle_hrm.sparse_embedding import (
+    CastedSparseEmbedding,
+    SparseEmbeddingSignSGD,
+    signsgd_sparse_update,
+    signsgd_update_unique,
+    signsgd_update_without_sync,
+)
 
 from .conftest import tiny_config
 
@@ -68,14 +74,6 @@ def test_moved_embedding_keeps_a_leaf_gradient_buffer():
     assert emb.weights[3].tolist() == [-1.0, -1.0]
 
 
-def unique_signsgd_reference(grad, ids, weights, lr, wd):
-    """The update written with `unique` (the official formulation), for comparison."""
-    unique_ids, inverse = ids.long().unique(return_inverse=True)
-    summed = torch.zeros(unique_ids.shape[0], grad.shape[1], dtype=grad.dtype).index_add_(0, inverse, grad)
-    rows = weights[unique_ids]
-    rows.mul_(1.0 - lr * wd).add_(torch.sign(summed), alpha=-lr)
-    weights[unique_ids] = rows
-
 
 @pytest.mark.parametrize("n_ids", [1, 5, 64])
 def test_signsgd_without_host_sync_equals_the_unique_formulation_bit_for_bit(n_ids):
@@ -84,6 +82,6 @@ def test_signsgd_without_host_sync_equals_the_unique_formulation_bit_for_bit(n_i
     grad = torch.randn(96, 16, generator=generator)
     weights = torch.randn(70, 16, generator=generator)
     expected = weights.clone()
-    unique_signsgd_reference(grad, ids, expected, 0.03, 0.7)
-    signsgd_sparse_update(grad, ids, weights, 0.03, 0.7)
+    signsgd_update_unique(grad, ids, expected, 0.03, 0.7)
+    signsgd_update_without_sync(grad, ids, weights, 0.03, 0.7)
     assert torch.equal(weights, expected)
