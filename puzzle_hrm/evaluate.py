@@ -2,7 +2,8 @@
 
 The official evaluation always runs halt_max_steps segments (eval mode never halts early) and
 scores the final answer; that exact accuracy is the paper's headline number. We also report
-where the learned Q-policy *would* halt (first segment with q_halt > q_continue) and the
+where the learned Q-policy *would* halt (first segment with q_halt > q_continue, or q_halt > 0
+for models without a continue head) and the
 accuracy of the answer at that segment, so the value of ACT is visible in one table.
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from puzzle_hrm.losses import score_predictions
-from puzzle_hrm.model import HRM, Batch
+from puzzle_hrm.model import HRM, Batch, wants_halt
 
 
 PREDICTION_FIELDS = ("inputs", "labels", "puzzle_identifiers", "predictions", "q_halt_logits")  # per test row
@@ -44,8 +45,8 @@ def rollout(model: HRM, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Te
     for step in range(1, n_steps + 1):
         carry, outputs = model(carry=carry, batch=batch)
         preds = outputs["logits"].argmax(-1)
-        wants_halt = (outputs["q_halt_logits"] > outputs["q_continue_logits"]) & (halt_step == n_steps) & (step < n_steps)
-        halt_step = torch.where(wants_halt, step, halt_step)
+        halts_now = wants_halt(outputs["q_halt_logits"], outputs.get("q_continue_logits")) & (halt_step == n_steps) & (step < n_steps)
+        halt_step = torch.where(halts_now, step, halt_step)
         policy_preds = preds if policy_preds is None else torch.where((halt_step == step).unsqueeze(-1), preds, policy_preds)
     return outputs, halt_step, policy_preds
 
