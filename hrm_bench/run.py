@@ -259,6 +259,11 @@ def main(cfg: DictConfig) -> None:
 
         hybrid_suite.main(cfg, cli_overrides())
         return
+    if cfg.suite.get("kind") == "sweep":  # several runs of this runner, one table (suite=variants / ablations)
+        from hrm_bench import sweep_suite
+
+        sweep_suite.main(cfg)
+        return
     init_distributed()
     try:
         run(plan_from_config(cfg))
