@@ -62,3 +62,15 @@ def test_test_time_steps_beyond_training_keep_each_puzzle(sudoku4):
 
 SMALL_TRM = dict(hidden_size=32, num_heads=2, expansion=2, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=32, puzzle_emb_len=1,
                  halt_max_steps=3, forward_dtype="float32")
+
+
+def test_evaluation_of_a_checkpoint_rebuilds_the_model_with_its_ema_weights(sudoku4, tmp_path):
+    from puzzle_hrm.evaluate import load_for_evaluation
+    from puzzle_hrm.trm import TRM
+
+    fit(small_train(sudoku4, max_steps=3, ema=True, checkpoint_dir=str(tmp_path)), TRMConfig(**SMALL_TRM, mlp_t=True))
+    saved = ckpt.load(tmp_path / "last.pt")
+    assert saved["model_name"] == "trm"
+    model = load_for_evaluation(str(tmp_path / "last.pt"), str(sudoku4), batch_size=8, forward_dtype="float32")
+    assert type(model) is TRM and model.config.mlp_t
+    assert_same({k: v for k, v in model.state_dict().items() if k in saved["ema"]}, saved["ema"])
