@@ -12,7 +12,9 @@ i = HRMConfig.intermediate_size (SwiGLU width), S = seq_len, T = S + puzzle_emb_
     eval    = forward
     train   = forward + 2*(L_pass + H_pass + heads)       backward = 2x forward, one-step gradient:
                                                           only the last L pass, last H pass and heads
-            + forward  (if halt_max_steps > 1)            no-grad inner forward for the target Q
+            + forward  (if halt_max_steps > 1 and act_continue_loss)   no-grad inner forward for the target Q
+
+Other models (TRM, the plain transformer) count the same way over their blocks: cfg.layer_passes().
 
 Embedding lookups, RMSNorm, RoPE, residual adds, softmax and the loss are left out (O(T*d), not
 matmuls). The official code applies lm_head to all T positions and drops the puzzle ones; the
@@ -32,38 +34,41 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.config import HRMConfig, PuzzleModelConfig
 
 logger = logging.getLogger(__name__)
 
 
-def block_flops(cfg: HRMConfig) -> float:
-    """One transformer block on one example of T tokens (see the module docstring)."""
+def block_flops(cfg: PuzzleModelConfig) -> float:
+    """One block on one example of T tokens (see the module docstring); TRM's token-MLP block
+    (mlp_t) mixes tokens with a SwiGLU of width i_t over T: 2*d*(2T*i_t + i_t*T) instead of attention."""
     d, i, t = cfg.hidden_size, cfg.intermediate_size, cfg.total_seq_len
+    if getattr(cfg, "mlp_t", False):
+        return 2.0 * t * 3 * d * i + 2.0 * d * 3 * t * cfg.token_intermediate_size
     matmul_params = 3 * d * d + d * d + 2 * d * i + i * d
     return 2.0 * t * matmul_params + 4.0 * t * t * d
 
 
-def heads_flops(cfg: HRMConfig) -> float:
+def heads_flops(cfg: PuzzleModelConfig) -> float:
     """lm_head on the seq_len puzzle positions plus q_head (2 logits) on the first position."""
     return 2.0 * cfg.seq_len * cfg.hidden_size * cfg.vocab_size + 2.0 * cfg.hidden_size * 2
 
 
-def inner_forward_flops(cfg: HRMConfig) -> float:
-    """One inner forward: H_cycles*L_cycles L-level passes, H_cycles H-level passes, then the heads."""
-    block = block_flops(cfg)
-    l_passes = cfg.H_cycles * cfg.L_cycles * cfg.L_layers
-    h_passes = cfg.H_cycles * cfg.H_layers
-    return (l_passes + h_passes) * block + heads_flops(cfg)
+def inner_forward_flops(cfg: PuzzleModelConfig) -> float:
+    """One inner forward: every block pass of one ACT step (HRM: H_cycles*L_cycles L-level passes and
+    H_cycles H-level passes; cfg.layer_passes() says it per model), then the heads."""
+    return cfg.layer_passes()[0] * block_flops(cfg) + heads_flops(cfg)
 
 
-def hrm_flops_per_example(cfg: HRMConfig, training: bool) -> float:
-    """FLOPs of one ACT step on one example, training (one-step gradient, target Q) or evaluation."""
+def hrm_flops_per_example(cfg: PuzzleModelConfig, training: bool) -> float:
+    """FLOPs of one ACT step on one example, training or evaluation, for any model of puzzle_hrm.registry:
+    backward = 2x forward over the blocks that carry gradient (HRM: one-step gradient), target Q forward
+    only with a Q-continue loss."""
     forward = inner_forward_flops(cfg)
     if not training:
         return forward
-    with_grad = (cfg.L_layers + cfg.H_layers) * block_flops(cfg) + heads_flops(cfg)
-    target_q = forward if cfg.halt_max_steps > 1 else 0.0
+    with_grad = cfg.layer_passes()[1] * block_flops(cfg) + heads_flops(cfg)
+    target_q = forward if cfg.halt_max_steps > 1 and cfg.act_continue_loss else 0.0
     return forward + 2.0 * with_grad + target_q
 
 

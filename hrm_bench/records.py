@@ -29,14 +29,15 @@ logger = logging.getLogger(__name__)
 
 # One row per run (results/runs.csv): the DESIGN.md contract, plus `cuda` after `torch` so the
 # row names both library versions, and `valid_path_rate` (Maze: optimal S->G paths, see
-# puzzle_hrm.data.maze.path_metrics). A column that does not apply to a run stays empty.
+# puzzle_hrm.data.maze.path_metrics), and `config`: the knobs that set the result (`key=value ...`,
+# hrm_bench.run.config_column). A column that does not apply to a run stays empty.
 RUN_COLUMNS = (
     "date", "command", "commit", "suite", "model", "variant", "data", "data_provenance", "seed",
     "hardware", "device", "n_gpus", "torch", "cuda", "params", "steps", "wall_s",
     "train_examples_per_s", "train_tokens_per_s", "tflops", "mfu", "peak_mem_gib",
     "exact_accuracy", "token_accuracy", "mean_halt_steps", "q_halt_accuracy",
     "pass_at_1", "pass_at_2", "valid_path_rate", "verifier_accuracy", "eval_puzzles_per_s",
-    "decode_tokens_per_s",
+    "decode_tokens_per_s", "config",
 )  # fmt: skip
 # One row per performance measurement (results/perf.csv); path is "fast" or "reference".
 PERF_COLUMNS = (

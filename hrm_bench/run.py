@@ -24,7 +24,8 @@ from hrm_bench import metrics, records, scoring
 from hrm_bench.datasets import ensure_dataset
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hrm_bench.scoring import ScoringConfig
-from puzzle_hrm.config import HRMConfig
+from puzzle_hrm import registry
+from puzzle_hrm.config import PuzzleModelConfig
 from puzzle_hrm.data.format import DatasetMetadata
 from puzzle_hrm.train import FitResult, TrainConfig, fit
 
@@ -43,6 +44,8 @@ segment where the learned Q-policy halts on the test set (evaluation itself alwa
 ARC rows: `pass_at_1` / `pass_at_2` are per task after voting over the augmented variants (the paper's
 and ARC Prize's measure; exact/token accuracy are per augmented test row). Maze rows: `valid_path_rate`
 counts predicted paths that join S to G through free cells in the fewest moves (any optimal path).
+`config` lists the knobs that set the result (cycles, ACT steps for training and at test time, puzzle
+embedding size, gradient and halting rule, loss, EMA, augmentations); `tflops` counts each model's own blocks.
 """
 
 
@@ -56,7 +59,7 @@ class RunPlan:
     seed: int
     data: dict
     train: TrainConfig
-    arch: HRMConfig
+    arch: PuzzleModelConfig
     profile: HardwareProfile
     results_dir: Path
     paper: dict
@@ -83,6 +86,10 @@ def merge_tier(cfg: DictConfig, tier: str, overrides: list[str]) -> dict:
     sections = {"data": suite.setdefault("data", {}), "train": suite.setdefault("train", {}), "model": model}
     for key, section in sections.items():
         section.update(block.get(key, {}))
+    # a tier's model block is written for the HRM; another model takes the keys it has (its own file keeps the rest)
+    model_keys = registry.model_keys(model["name"]) | {"name"}
+    for key in set(block.get("model", {})) - model_keys:
+        del model[key]
     for override in overrides:
         path = override.lstrip("+~").split("=", 1)[0].split(".")
         if path[0] == "model" and len(path) == 2:
@@ -101,7 +108,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> Run
     model_name = model.pop("name")
     model.setdefault("forward_dtype", profile.forward_dtype)
     model["attn_backend"] = cfg.hardware.attn_backend or ("flash" if profile.attention == "flash" else "auto")
-    arch = HRMConfig.from_dict(model)
+    arch = registry.model_config(model_name, model)
 
     train = dict(suite["train"])
     train.update({"seed": cfg.seed, "device": profile.device})
@@ -157,7 +164,24 @@ def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak
         "token_accuracy": final["token_accuracy"],
         "mean_halt_steps": final["mean_halt_steps"],
         "q_halt_accuracy": final["q_halt_accuracy"],
+        "config": config_column(plan, cfg),
     }
+
+
+# What changes a result beyond the model's name (the ablation knobs), in the row's `config` column
+MODEL_KNOBS = ("H_cycles", "L_cycles", "H_layers", "L_layers", "hidden_size", "mlp_t", "pos_encodings", "puzzle_emb_ndim",
+               "halt_max_steps", "one_step_gradient", "act_continue_loss", "forward_dtype")
+TRAIN_KNOBS = ("loss_type", "ema", "ema_rate", "global_batch_size", "lr")
+
+
+def config_column(plan: RunPlan, model_config: PuzzleModelConfig) -> str:
+    """`key=value` pairs of the knobs that set this result: model (those it has), training, test-time
+    ACT steps and the data's augmentation count."""
+    values = {k: getattr(model_config, k) for k in MODEL_KNOBS if hasattr(model_config, k)}
+    values |= {k: getattr(plan.train, k) for k in TRAIN_KNOBS if k != "ema_rate" or plan.train.ema}
+    values["eval_halt_max_steps"] = plan.train.eval_halt_max_steps or model_config.halt_max_steps
+    values["num_aug"] = plan.data.get("num_aug")
+    return " ".join(f"{k}={v}" for k, v in values.items() if v is not None)
 
 
 def describe_provenance(provenance: dict) -> str:
@@ -234,6 +258,11 @@ def main(cfg: DictConfig) -> None:
         from hrm_bench import hybrid_suite
 
         hybrid_suite.main(cfg, cli_overrides())
+        return
+    if cfg.suite.get("kind") == "sweep":  # several runs of this runner, one table (suite=variants / ablations)
+        from hrm_bench import sweep_suite
+
+        sweep_suite.main(cfg)
         return
     init_distributed()
     try:

@@ -7,6 +7,7 @@ and, for reproducibility, the resolved configs, dataset metadata and git commit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -44,19 +45,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def carry_to_dict(carry: HRMCarry | None) -> dict[str, torch.Tensor] | None:
+    """The carry as flat tensors: the model's states by name (z_H, z_L, ...), steps, halted, data.<key>."""
     if carry is None:
         return None
-    flat = {"z_H": carry.inner_carry.z_H, "z_L": carry.inner_carry.z_L, "steps": carry.steps, "halted": carry.halted}
+    inner = carry.inner_carry
+    flat = {f.name: getattr(inner, f.name) for f in dataclasses.fields(inner)}
+    flat.update({"steps": carry.steps, "halted": carry.halted})
     flat.update({f"data.{k}": v for k, v in carry.current_data.items()})
     return flat
 
 
-def carry_from_dict(flat: dict[str, torch.Tensor] | None, device: torch.device) -> HRMCarry | None:
+def carry_from_dict(flat: dict[str, torch.Tensor] | None, device: torch.device, inner_type: type = HRMInnerCarry) -> HRMCarry | None:
+    """Inverse of carry_to_dict; inner_type is the model's state dataclass (model.inner.carry_type)."""
     if flat is None:
         return None
     flat = {k: v.to(device) for k, v in flat.items()}
     data = {k.removeprefix("data."): v for k, v in flat.items() if k.startswith("data.")}
-    return HRMCarry(HRMInnerCarry(flat["z_H"], flat["z_L"]), flat["steps"], flat["halted"], data)
+    inner = inner_type(**{f.name: flat[f.name] for f in dataclasses.fields(inner_type)})
+    return HRMCarry(inner, flat["steps"], flat["halted"], data)
 
 
 def rng_state() -> dict[str, Any]:
@@ -72,7 +78,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_model_weights(model: HRM, state_dict: dict[str, torch.Tensor], where: str) -> None:
+def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
     """Strict load with an error that lists what differs (missing, unexpected, shape)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))

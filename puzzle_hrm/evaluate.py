@@ -2,7 +2,8 @@
 
 The official evaluation always runs halt_max_steps segments (eval mode never halts early) and
 scores the final answer; that exact accuracy is the paper's headline number. We also report
-where the learned Q-policy *would* halt (first segment with q_halt > q_continue) and the
+where the learned Q-policy *would* halt (first segment with q_halt > q_continue, or q_halt > 0
+for models without a continue head) and the
 accuracy of the answer at that segment, so the value of ACT is visible in one table.
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from puzzle_hrm.losses import score_predictions
-from puzzle_hrm.model import HRM, Batch
+from puzzle_hrm.model import HRM, Batch, wants_halt
 
 
 PREDICTION_FIELDS = ("inputs", "labels", "puzzle_identifiers", "predictions", "q_halt_logits")  # per test row
@@ -34,38 +35,41 @@ class EvalSums:
 
 
 @torch.inference_mode()
-def rollout(model: HRM, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """All halt_max_steps segments; returns final outputs, the policy's halting segment (1-based)
-    and the prediction at that segment. No host sync inside the loop."""
+def rollout(model: HRM, batch: Batch, n_steps: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """n_steps segments (default halt_max_steps); returns final outputs, the policy's halting segment
+    (1-based) and the prediction at that segment. No host sync inside the loop."""
     carry = model.initial_carry(batch)
-    n_steps = model.config.halt_max_steps
+    n_steps = n_steps or model.config.halt_max_steps
     halt_step = torch.full_like(carry.steps, n_steps)
     policy_preds = None
     for step in range(1, n_steps + 1):
         carry, outputs = model(carry=carry, batch=batch)
+        # in eval mode rows halt only at halt_max_steps; keep them on their puzzle to test-time steps beyond it
+        carry.halted = torch.zeros_like(carry.halted)
         preds = outputs["logits"].argmax(-1)
-        wants_halt = (outputs["q_halt_logits"] > outputs["q_continue_logits"]) & (halt_step == n_steps) & (step < n_steps)
-        halt_step = torch.where(wants_halt, step, halt_step)
+        halts_now = wants_halt(outputs["q_halt_logits"], outputs.get("q_continue_logits")) & (halt_step == n_steps) & (step < n_steps)
+        halt_step = torch.where(halts_now, step, halt_step)
         policy_preds = preds if policy_preds is None else torch.where((halt_step == step).unsqueeze(-1), preds, policy_preds)
     return outputs, halt_step, policy_preds
 
 
 def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torch.device, max_batches: int | None = None,
-             keep_predictions: Sequence[str] = ()) -> dict:
+             keep_predictions: Sequence[str] = (), halt_max_steps: int | None = None) -> dict:
     """Metrics over the whole test split (all ranks' shares when distributed). `keep_predictions` names
-    PREDICTION_FIELDS to return per test row, in test-split order, under result["predictions"]."""
+    PREDICTION_FIELDS to return per test row, in test-split order, under result["predictions"].
+    `halt_max_steps` sets the segments per puzzle at test time (default: the model's, as trained)."""
     if unknown := sorted(set(keep_predictions) - set(PREDICTION_FIELDS)):
         raise ValueError(f"keep_predictions: unknown fields {unknown}; known: {PREDICTION_FIELDS}")
     was_training = model.training
     model.eval()
-    hist_len = model.config.halt_max_steps
+    hist_len = halt_max_steps or model.config.halt_max_steps
     sums = EvalSums(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(5)), torch.zeros(hist_len, device=device, dtype=torch.float64))
     predictions = []
     for i, (_, batch, effective_batch) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        outputs, halt_step, policy_preds = rollout(model, batch)
+        outputs, halt_step, policy_preds = rollout(model, batch, hist_len)
         labels = batch["labels"]
         preds = outputs["logits"].argmax(-1)
         n_labels, correct, exact = score_predictions(preds, labels)
@@ -122,21 +126,22 @@ def summarize(sums: EvalSums, predictions: list | None) -> dict:
 
 
 def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward_dtype: str) -> HRM:
-    """Our training checkpoints (last.pt) or official ones (state dict + all_config.yaml beside it);
-    `checkpoint` is a file, a folder or `hf://<org>/<repo>` (see checkpoint.checkpoint_file)."""
+    """Our training checkpoints (last.pt, any model of the registry, with its EMA weights when it has
+    them) or official HRM ones (state dict + all_config.yaml beside it); `checkpoint` is a file, a
+    folder or `hf://<org>/<repo>` (see checkpoint.checkpoint_file)."""
     from pathlib import Path
 
     from puzzle_hrm import checkpoint as ckpt
-    from puzzle_hrm.config import HRMConfig
     from puzzle_hrm.data.format import DatasetMetadata
+    from puzzle_hrm.registry import DEFAULT_MODEL, build_model, model_config_class
 
     metadata = DatasetMetadata.from_json(Path(data_dir) / "test" / "dataset.json")
     checkpoint = str(ckpt.checkpoint_file(checkpoint))
     saved = ckpt.load(checkpoint)
     if "model_config" in saved:  # ours
-        config = HRMConfig(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype})
-        model = HRM(config)
-        ckpt.load_model_weights(model, saved["model"], checkpoint)
+        config_cls = model_config_class(saved.get("model_name", DEFAULT_MODEL))
+        model = build_model(config_cls(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype}))
+        ckpt.load_model_weights(model, {**saved["model"], **(saved.get("ema") or {})}, checkpoint)
     else:
         arch = ckpt.read_official_arch(Path(checkpoint).parent / "all_config.yaml")
         model = ckpt.load_official(saved, {**arch, "batch_size": batch_size, "forward_dtype": forward_dtype}, metadata)

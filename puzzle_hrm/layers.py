@@ -186,10 +186,26 @@ class HRMBlock(nn.Module):
         return rms_norm(x + self.mlp(x), self.norm_eps)
 
 
+class TokenMLPBlock(nn.Module):
+    """TRM's attention-free block (`mlp_t`): a SwiGLU across the token axis mixes positions, then the
+    usual SwiGLU across channels; post-norm after each, the first one normalised over tokens as there."""
+
+    def __init__(self, hidden_size: int, seq_len: int, token_intermediate_size: int, intermediate_size: int, eps: float) -> None:
+        super().__init__()
+        self.mlp_t = SwiGLU(seq_len, token_intermediate_size)
+        self.mlp = SwiGLU(hidden_size, intermediate_size)
+        self.norm_eps = eps
+
+    def forward(self, x: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        x = x.transpose(1, 2)  # (B, L, D) -> (B, D, L): the MLP runs over positions
+        x = rms_norm(x + self.mlp_t(x), self.norm_eps).transpose(1, 2)
+        return rms_norm(x + self.mlp(x), self.norm_eps)
+
+
 class ReasoningModule(nn.Module):
     """One HRM level (H or L): add the injected input to the state, then run its blocks."""
 
-    def __init__(self, layers: list[HRMBlock]) -> None:
+    def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
 

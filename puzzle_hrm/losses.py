@@ -35,7 +35,7 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
-    flat = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.long().view(-1), ignore_index=ignore_index, reduction="none")
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.long().reshape(-1), ignore_index=ignore_index, reduction="none")
     return flat.view(labels.shape)
 
 

@@ -8,6 +8,7 @@ across ranks, the cosine-with-warm-up lr set on both optimizers, step. Evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -22,14 +23,16 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from puzzle_hrm import checkpoint as ckpt
-from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.config import PuzzleModelConfig
 from puzzle_hrm.data.format import DatasetMetadata
 from puzzle_hrm.data.loader import PuzzleLoader, official_total_steps
+from puzzle_hrm.ema import EMA
 from puzzle_hrm.evaluate import evaluate
 from puzzle_hrm.fp8 import convert_to_fp8
 from puzzle_hrm.losses import act_loss
 from puzzle_hrm.model import HRM, Batch, HRMCarry
 from puzzle_hrm.optim import build_optimizers, cosine_schedule_with_warmup
+from puzzle_hrm.registry import build_model, model_name_of
 from puzzle_hrm.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,9 @@ class TrainConfig:
     progress: bool = True
     wandb: bool = False
     wandb_project: str = "hrm-bench"
+    ema: bool = False  # TRM's EMA of the weights; evaluation (and evaluate.py on a checkpoint) uses the average
+    ema_rate: float = 0.999  # official TRM name and default
+    eval_halt_max_steps: int | None = None  # ACT segments at evaluation (default: the model's halt_max_steps)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class TrainState:
     total_steps: int
     step: int = 0
     carry: HRMCarry | None = None
+    ema: EMA | None = None
 
 
 @dataclass
@@ -121,25 +128,25 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def model_config_for(arch: HRMConfig, metadata: DatasetMetadata, local_batch_size: int) -> HRMConfig:
+def model_config_for(arch: PuzzleModelConfig, metadata: DatasetMetadata, local_batch_size: int) -> PuzzleModelConfig:
     """The dataset fixes seq_len, vocabulary and identifiers; the run fixes the per-rank batch."""
     return dataclasses.replace(
         arch, seq_len=metadata.seq_len, vocab_size=metadata.vocab_size, num_puzzle_identifiers=metadata.num_puzzle_identifiers, batch_size=local_batch_size
     )
 
 
-def build_state(cfg: TrainConfig, arch: HRMConfig, metadata: DatasetMetadata, device: torch.device) -> TrainState:
+def build_state(cfg: TrainConfig, arch: PuzzleModelConfig, metadata: DatasetMetadata, device: torch.device) -> TrainState:
     """The training state for a dataset: its shapes fix the model, its size the schedule length."""
     _, world_size = world()
     total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
     return init_state(cfg, model_config_for(arch, metadata, cfg.global_batch_size // world_size), device, total)
 
 
-def init_state(cfg: TrainConfig, model_config: HRMConfig, device: torch.device, total_steps: int) -> TrainState:
+def init_state(cfg: TrainConfig, model_config: PuzzleModelConfig, device: torch.device, total_steps: int) -> TrainState:
     """Seeded model (identical on every rank) and the optimizers of cfg, for a schedule of total_steps."""
     rank, world_size = world()
     torch.manual_seed(cfg.seed)  # same init on every rank ...
-    model = HRM(model_config).to(device)
+    model = build_model(model_config).to(device)
     if cfg.precision != "default":
         apply_precision(model, cfg.precision)
     if world_size > 1:  # ... and made certain by a broadcast, as the official code does
@@ -158,7 +165,8 @@ def init_state(cfg: TrainConfig, model_config: HRMConfig, device: torch.device, 
         world_size=world_size,
         fused=device.type == "cuda",
     )
-    return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total_steps)
+    ema = EMA(model, cfg.ema_rate) if cfg.ema else None
+    return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total_steps, ema=ema)
 
 
 PRECISIONS = {"fp8": "rowwise", "fp8_tensorwise": "tensorwise"}  # precision -> fp8 scaling recipe
@@ -226,6 +234,8 @@ def train_step(state: TrainState, forward: Callable, batch: Batch, cfg: TrainCon
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
+    if state.ema is not None:
+        state.ema.update(state.model)
     metrics["lr"] = torch.tensor(lr)
     return metrics
 
@@ -262,6 +272,8 @@ def save_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader
             "rng": ckpt.rng_state(),
             "train_config": dataclasses.asdict(cfg),
             "model_config": dataclasses.asdict(state.model.config),
+            "model_name": model_name_of(state.model.config),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
             **extra,
         },
         path,
@@ -274,13 +286,17 @@ def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoa
     for optimizer, opt_state in zip(state.optimizers, saved["optimizers"]):
         optimizer.load_state_dict(opt_state)
     state.step = saved["step"]
-    state.carry = ckpt.carry_from_dict(saved["carry"], device)
+    state.carry = ckpt.carry_from_dict(saved["carry"], device, state.model.inner.carry_type)
+    if state.ema is not None:
+        if saved.get("ema") is None:
+            raise ValueError(f"checkpoint {path} holds no EMA weights but ema=true; resume with the setting it was trained with")
+        state.ema.load_state_dict(saved["ema"], str(path))
     loader.load_state_dict(saved["loader"])
     ckpt.set_rng_state(saved["rng"])
     logger.info("resumed from %s at step %d", path, state.step)
 
 
-def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | None = None,
+def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, Any] | None = None,
         keep_predictions: Sequence[str] = ()) -> FitResult:
     """Train on cfg.data_path (official layout) and evaluate on its test split; the final evaluation
     returns the `keep_predictions` fields per test row (see evaluate.PREDICTION_FIELDS)."""
@@ -296,8 +312,10 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     def run_eval(keep: Sequence[str] = ()) -> dict:
         test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
-        # the compiled module when compiling (eval mode gets its own graph), else the model itself
-        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep)  # ends with a host sync
+        with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext():
+            # the compiled module when compiling (eval mode gets its own graph), else the model itself
+            metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep,
+                               halt_max_steps=cfg.eval_halt_max_steps)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)

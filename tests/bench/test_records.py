@@ -24,7 +24,7 @@ def read(path) -> pd.DataFrame:
 
 def test_column_contracts():
     assert RUN_COLUMNS[RUN_COLUMNS.index("torch") + 1] == "cuda"
-    assert len(RUN_COLUMNS) == 32 and len(set(RUN_COLUMNS)) == 32
+    assert len(RUN_COLUMNS) == 33 and len(set(RUN_COLUMNS)) == 33 and RUN_COLUMNS[-1] == "config"
     assert SCALING_COLUMNS == PERF_COLUMNS + ("n_gpus", "scaling_efficiency")
     assert PERF_COLUMNS[:3] == ("date", "command", "commit") and PERF_COLUMNS[-1] == "warmup_s"
 

@@ -41,6 +41,15 @@ def test_softmax_option_matches_torch():
     torch.testing.assert_close(softmax_cross_entropy(logits, labels), torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
 
 
+def test_both_losses_take_the_models_float32_logits_slice():
+    """The model's logits drop the puzzle-embedding positions: a non-contiguous float32 view on CPU."""
+    full, labels = torch.randn(2, 1 + 4, 6), torch.randint(0, 6, (2, 4))
+    logits = full[:, 1:]
+    assert not logits.is_contiguous()
+    for fn in (stablemax_cross_entropy, softmax_cross_entropy):
+        torch.testing.assert_close(fn(logits, labels), fn(logits.contiguous(), labels))
+
+
 def test_unknown_loss_type_is_rejected():
     with pytest.raises(ValueError, match="loss_type"):
         get_loss_fn("focal")

@@ -14,6 +14,13 @@ def sudoku4(tmp_path_factory) -> Path:
     return build(SudokuBuildConfig(source="generate", output_dir=str(out), box=2, num_train=256, num_test=64, min_blanks=2, max_blanks=6, seed=1))
 
 
+@pytest.fixture(scope="session")
+def sudoku4_learning(tmp_path_factory) -> Path:
+    """2,000 generated 4x4 training puzzles and 200 unseen test ones: enough for a model to really learn."""
+    out = tmp_path_factory.mktemp("learn") / "sudoku4"
+    return build(SudokuBuildConfig(source="generate", output_dir=str(out), box=2, num_train=2000, num_test=200, min_blanks=2, max_blanks=6, seed=0))
+
+
 def small_arch(**overrides) -> HRMConfig:
     base = dict(hidden_size=32, num_heads=2, expansion=2, H_layers=1, L_layers=1, puzzle_emb_ndim=32, halt_max_steps=3, forward_dtype="float32")
     base.update(overrides)

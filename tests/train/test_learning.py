@@ -5,18 +5,9 @@ Measured on the 2-core CI machine: 94 % exact accuracy on 200 unseen puzzles aft
 untrained HRM solves none of them.
 """
 
-import pytest
-
-from puzzle_hrm.data.sudoku import SudokuBuildConfig, build
 from puzzle_hrm.train import fit
 
 from .conftest import small_arch, small_train
-
-
-@pytest.fixture(scope="module")
-def sudoku4_learning(tmp_path_factory):
-    out = tmp_path_factory.mktemp("learn") / "sudoku4"
-    return build(SudokuBuildConfig(source="generate", output_dir=str(out), box=2, num_train=2000, num_test=200, min_blanks=2, max_blanks=6, seed=0))
 
 
 def test_small_hrm_learns_4x4_sudoku(sudoku4_learning):
