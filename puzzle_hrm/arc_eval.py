@@ -5,7 +5,10 @@ per augmented variant of its task; each prediction is cropped at the EOS border,
 inverse dihedral transform and colour permutation, and the variants vote. Candidates rank as there by
 count, then by mean confidence (sigmoid(q_halt_logit) of the predictions that voted for them); the
 alternative rule ranks by summed confidence, then count. Remaining ties: first appearance. A test pair is solved at k if one of its top-k candidates equals the true output; a task scores
-the mean over its test pairs (ARC Prize scoring) and the overall score is the mean over tasks.
+the mean over its test pairs (ARC Prize scoring) and the overall score is the mean over tasks. The
+notebook of the official commit the paper's numbers came from counts a task only when all its test
+pairs are solved: `overall_all_pairs` (the two differ on tasks with several test inputs). `vote_curve`
+scores with only the first m variants of each test pair voting, for the accuracy-vs-votes curve.
 """
 
 import json
@@ -33,7 +36,8 @@ VOTE_RULES = ("count", "confidence")  # count, then mean confidence (official) |
 @dataclass
 class ARCScores:
     per_task: dict[str, dict[str, float]]  # task id -> {"pass@1": .., "pass@2": ..}
-    overall: dict[str, float]  # mean over tasks
+    overall: dict[str, float]  # mean over tasks of the mean over its test pairs (ARC Prize)
+    overall_all_pairs: dict[str, float]  # mean over tasks of "every test pair solved" (official notebook)
     top2: dict[str, list[list[np.ndarray]]]  # task id -> per test pair, up to 2 ranked candidate grids
 
 
@@ -62,18 +66,22 @@ def aggregate(
     confidences: Sequence[float] | None = None,
     ks: Sequence[int] = PASS_KS,
     rule: str = "count",
+    max_votes: int | None = None,
 ) -> ARCScores:
     """Score (N, 900) predicted token rows, row n being a prediction for test-split row `examples[n]`
-    (see `read_test_examples`); `confidences` (N,) optional per-prediction confidences for `vote`."""
+    (see `read_test_examples`); `confidences` (N,) optional per-prediction confidences for `vote`;
+    `max_votes`: only the first that many predictions of each test pair vote (None: all)."""
     if len(predictions) != len(examples) or (confidences is not None and len(confidences) != len(examples)):
         raise ValueError(f"need one prediction (and confidence) per example: {len(predictions)} vs {len(examples)}")
     candidates: dict[tuple[str, int], tuple[list, list]] = {}
     for n, example in enumerate(examples):
         grids, ws = candidates.setdefault((example.task_id, example.pair_index), ([], []))
+        if max_votes is not None and len(grids) >= max_votes:
+            continue
         grids.append(unaugment_grid(decode_grid(predictions[n]), example.name))
         ws.append(0.0 if confidences is None else confidences[n])
 
-    per_task, top2 = {}, {}
+    per_task, all_pairs, top2 = {}, {}, {}
     for task_id in sorted({e.task_id for e in examples}):
         task = tasks[task_id]
         solved = np.zeros((len(task.test), len(ks)))
@@ -85,8 +93,31 @@ def aggregate(
             for j, k in enumerate(ks):
                 solved[pair_index, j] = any(np.array_equal(g, target) for g in ranked[:k])
         per_task[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.mean(0))}
-    overall = {f"pass@{k}": float(np.mean([t[f"pass@{k}"] for t in per_task.values()])) for k in ks}
-    return ARCScores(per_task, overall, top2)
+        all_pairs[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.min(0))}
+    return ARCScores(per_task, _mean_over_tasks(per_task, ks), _mean_over_tasks(all_pairs, ks), top2)
+
+
+def _mean_over_tasks(per_task: dict[str, dict[str, float]], ks: Sequence[int]) -> dict[str, float]:
+    return {f"pass@{k}": float(np.mean([t[f"pass@{k}"] for t in per_task.values()])) for k in ks}
+
+
+def vote_counts(max_variants: int) -> list[int]:
+    """1, 2, 4, ... and the whole count: the points of the accuracy-vs-votes curve."""
+    return sorted({*(2**i for i in range(max_variants.bit_length()) if 2**i <= max_variants), max_variants})
+
+
+def vote_curve(predictions: np.ndarray, examples: Sequence[TestExample], tasks: dict[str, ARCTask],
+               confidences: Sequence[float] | None = None, rule: str = "count") -> list[dict[str, float]]:
+    """pass@k under both rules with the first m variants voting, for m in `vote_counts` of the most
+    variants any test pair has; the last point is the full `aggregate`."""
+    per_pair: dict[tuple[str, int], int] = {}
+    for e in examples:
+        per_pair[e.task_id, e.pair_index] = per_pair.get((e.task_id, e.pair_index), 0) + 1
+    curve = []
+    for m in vote_counts(max(per_pair.values(), default=1)):
+        scores = aggregate(predictions, examples, tasks, confidences, rule=rule, max_votes=m)
+        curve.append({"votes": m, **scores.overall, **{f"{k}_all_pairs": v for k, v in scores.overall_all_pairs.items()}})
+    return curve
 
 
 def score_test_split(
@@ -94,6 +125,12 @@ def score_test_split(
 ) -> ARCScores:
     """Score (N, 900) predictions of the test split of the dataset at `root`, row n predicting test row n,
     whose puzzle identifier `puzzle_identifiers[n]` names its task and augmentation in identifiers.json."""
+    examples, tasks = split_examples(root, puzzle_identifiers)
+    return aggregate(predictions, examples, tasks, confidences, rule=rule)
+
+
+def split_examples(root: str | Path, puzzle_identifiers: np.ndarray) -> tuple[list[TestExample], dict[str, ARCTask]]:
+    """Where each predicted row of the test split at `root` comes from, checked against its tasks."""
     names = read_identifiers(root)
     if len(puzzle_identifiers) and not 0 < int(np.min(puzzle_identifiers)) <= int(np.max(puzzle_identifiers)) < len(names):
         raise ValueError(f"{root}: puzzle identifiers must lie in 1..{len(names) - 1} (identifiers.json); got "
@@ -101,7 +138,7 @@ def score_test_split(
     examples = row_examples(np.asarray(puzzle_identifiers).tolist(), names)
     tasks = read_test_tasks(root)
     check_examples(examples, tasks, f"{root} (predictions)")
-    return aggregate(predictions, examples, tasks, confidences, rule=rule)
+    return examples, tasks
 
 
 def write_submission(path: str | Path, top2: dict[str, list[list[np.ndarray]]]) -> None:

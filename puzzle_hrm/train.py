@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     eval_max_batches: int | None = None  # cap evaluation (CPU profiles); None = the whole test split
+    eval_halt_max_steps: int | None = None  # segments of the final evaluation's rollout (test-time compute curves); None = halt_max_steps
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end (when checkpoint_dir is set)
     resume: bool = False  # continue from checkpoint_dir/last.pt if it exists
@@ -247,11 +248,11 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         restore_training_checkpoint(ckpt_path, state, train_loader, device)
 
-    def run_eval(keep: Sequence[str] = ()) -> dict:
+    def run_eval(keep: Sequence[str] = (), n_steps: int | None = None) -> dict:
         test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
         # the compiled module when compiling (eval mode gets its own graph), else the model itself
-        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep)  # ends with a host sync
+        metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep, n_steps=n_steps)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
@@ -297,7 +298,7 @@ def fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any] | No
     result.train_seconds += time.perf_counter() - t0
     if ckpt_path and rank == 0:
         save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
-    result.final_eval = run_eval(keep_predictions)
+    result.final_eval = run_eval(keep_predictions, cfg.eval_halt_max_steps)
     result.evals.append(result.final_eval)
     tracker.log({f"eval/{k}": v for k, v in result.final_eval.items() if isinstance(v, (int, float))}, state.step)
     tracker.close()
