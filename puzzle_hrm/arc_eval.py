@@ -59,6 +59,40 @@ def vote(grids: Sequence[np.ndarray], confidences: Sequence[float] | None = None
     return [e[3] for e in ranked]
 
 
+Candidates = dict[tuple[str, int], tuple[list[np.ndarray], list[float]]]  # (task, pair) -> un-augmented grids, confidences
+
+
+def candidates_of(predictions: np.ndarray, examples: Sequence[TestExample], confidences: Sequence[float] | None) -> Candidates:
+    """Every prediction decoded and mapped back to its task's colours and orientation, per test pair in row order."""
+    if len(predictions) != len(examples) or (confidences is not None and len(confidences) != len(examples)):
+        raise ValueError(f"need one prediction (and confidence) per example: {len(predictions)} vs {len(examples)}")
+    candidates: Candidates = {}
+    for n, example in enumerate(examples):
+        grids, ws = candidates.setdefault((example.task_id, example.pair_index), ([], []))
+        grids.append(unaugment_grid(decode_grid(predictions[n]), example.name))
+        ws.append(0.0 if confidences is None else confidences[n])
+    return candidates
+
+
+def score_candidates(candidates: Candidates, tasks: dict[str, ARCTask], task_ids: Sequence[str], ks: Sequence[int] = PASS_KS,
+                     rule: str = "count", max_votes: int | None = None) -> ARCScores:
+    """pass@k of `task_ids` under both rules; `max_votes`: only the first that many candidates of each pair vote."""
+    per_task, all_pairs, top2 = {}, {}, {}
+    for task_id in task_ids:
+        task = tasks[task_id]
+        solved = np.zeros((len(task.test), len(ks)))
+        top2[task_id] = []
+        for pair_index, (_, target) in enumerate(task.test):
+            grids, ws = candidates.get((task_id, pair_index), ([], []))
+            ranked = vote(grids[:max_votes], ws[:max_votes], rule)
+            top2[task_id].append(ranked[:2])
+            for j, k in enumerate(ks):
+                solved[pair_index, j] = any(np.array_equal(g, target) for g in ranked[:k])
+        per_task[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.mean(0))}
+        all_pairs[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.min(0))}
+    return ARCScores(per_task, _mean_over_tasks(per_task, ks), _mean_over_tasks(all_pairs, ks), top2)
+
+
 def aggregate(
     predictions: np.ndarray,
     examples: Sequence[TestExample],
@@ -66,35 +100,11 @@ def aggregate(
     confidences: Sequence[float] | None = None,
     ks: Sequence[int] = PASS_KS,
     rule: str = "count",
-    max_votes: int | None = None,
 ) -> ARCScores:
     """Score (N, 900) predicted token rows, row n being a prediction for test-split row `examples[n]`
-    (see `read_test_examples`); `confidences` (N,) optional per-prediction confidences for `vote`;
-    `max_votes`: only the first that many predictions of each test pair vote (None: all)."""
-    if len(predictions) != len(examples) or (confidences is not None and len(confidences) != len(examples)):
-        raise ValueError(f"need one prediction (and confidence) per example: {len(predictions)} vs {len(examples)}")
-    candidates: dict[tuple[str, int], tuple[list, list]] = {}
-    for n, example in enumerate(examples):
-        grids, ws = candidates.setdefault((example.task_id, example.pair_index), ([], []))
-        if max_votes is not None and len(grids) >= max_votes:
-            continue
-        grids.append(unaugment_grid(decode_grid(predictions[n]), example.name))
-        ws.append(0.0 if confidences is None else confidences[n])
-
-    per_task, all_pairs, top2 = {}, {}, {}
-    for task_id in sorted({e.task_id for e in examples}):
-        task = tasks[task_id]
-        solved = np.zeros((len(task.test), len(ks)))
-        top2[task_id] = []
-        for pair_index, (_, target) in enumerate(task.test):
-            grids, ws = candidates.get((task_id, pair_index), ([], []))
-            ranked = vote(grids, ws, rule)
-            top2[task_id].append(ranked[:2])
-            for j, k in enumerate(ks):
-                solved[pair_index, j] = any(np.array_equal(g, target) for g in ranked[:k])
-        per_task[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.mean(0))}
-        all_pairs[task_id] = {f"pass@{k}": float(s) for k, s in zip(ks, solved.min(0))}
-    return ARCScores(per_task, _mean_over_tasks(per_task, ks), _mean_over_tasks(all_pairs, ks), top2)
+    (see `read_test_examples`); `confidences` (N,) optional per-prediction confidences for `vote`."""
+    task_ids = sorted({e.task_id for e in examples})
+    return score_candidates(candidates_of(predictions, examples, confidences), tasks, task_ids, ks, rule)
 
 
 def _mean_over_tasks(per_task: dict[str, dict[str, float]], ks: Sequence[int]) -> dict[str, float]:
@@ -108,14 +118,13 @@ def vote_counts(max_variants: int) -> list[int]:
 
 def vote_curve(predictions: np.ndarray, examples: Sequence[TestExample], tasks: dict[str, ARCTask],
                confidences: Sequence[float] | None = None, rule: str = "count") -> list[dict[str, float]]:
-    """pass@k under both rules with the first m variants voting, for m in `vote_counts` of the most
-    variants any test pair has; the last point is the full `aggregate`."""
-    per_pair: dict[tuple[str, int], int] = {}
-    for e in examples:
-        per_pair[e.task_id, e.pair_index] = per_pair.get((e.task_id, e.pair_index), 0) + 1
+    """pass@k under both rules with the first m variants of each test pair voting, for m in
+    `vote_counts` of the most variants any pair has; the last point is the full `aggregate`."""
+    candidates = candidates_of(predictions, examples, confidences)  # un-augmented once for every point
+    task_ids = sorted({e.task_id for e in examples})
     curve = []
-    for m in vote_counts(max(per_pair.values(), default=1)):
-        scores = aggregate(predictions, examples, tasks, confidences, rule=rule, max_votes=m)
+    for m in vote_counts(max((len(grids) for grids, _ in candidates.values()), default=1)):
+        scores = score_candidates(candidates, tasks, task_ids, rule=rule, max_votes=m)
         curve.append({"votes": m, **scores.overall, **{f"{k}_all_pairs": v for k, v in scores.overall_all_pairs.items()}})
     return curve
 
