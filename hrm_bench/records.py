@@ -164,14 +164,15 @@ def _markdown_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(escaped) + " |"
 
 
-def figure(width: float = 7, height: float = 4):
-    """A matplotlib figure and axes on the file-only Agg backend (no display on CI or GPU machines)."""
+def figure(width: float = 7, height: float = 4, **subplots):
+    """A matplotlib figure and axes on the file-only Agg backend (no display on CI or GPU machines);
+    `subplots` go to plt.subplots (ncols=2: an array of two axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(figsize=(width, height), **subplots)
 
 
 def save_figure(fig, path: Path) -> None:

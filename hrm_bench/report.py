@@ -1,4 +1,5 @@
-"""`python -m hrm_bench.report --suite hybrid`: one table over seeds (mean ± std) from results/runs.csv.
+"""`python -m hrm_bench.report`: results/REPORT.md (hrm_bench.reproduction); `--suite hybrid`: one table
+over seeds (mean ± std) from results/runs.csv.
 
 A suite run records one row per variant and seed (e.g. `python -m hrm_bench.run -m suite=hybrid
 seed=0,1,2`). This report groups the chosen rows by variant: mean and sample standard deviation of
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hrm_bench import records
+from hrm_bench import records, reproduction
 from puzzle_hrm.data.format import atomic_write_text
 
 # runs.csv columns averaged over seeds beside the metric: their table titles and number formats
@@ -76,7 +77,7 @@ def plot(summary: pd.DataFrame, metric: str, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="hybrid")
+    parser.add_argument("--suite", default=None, help="a suite's seeds table (e.g. hybrid); none: the whole reproduction report")
     parser.add_argument("--metric", default="verifier_accuracy")
     parser.add_argument("--since", default=None, help="ISO date-time: only rows from then on (e.g. one sweep)")
     parser.add_argument("--until", default=None, help="ISO date-time: only rows before it")
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="output file stem in the results dir (default: <suite>-seeds)")
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
+    if args.suite is None:
+        print(f"wrote {reproduction.write_report(results)}")
+        return
     table = pd.read_csv(results / "runs.csv")
     rows = select_rows(table, args.suite, args.since, args.model, args.hardware, args.until)
     summary = seed_summary(rows, args.metric)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from hrm_bench import metrics, records, scoring
+from hrm_bench import metrics, records, run_logs, scoring
 from hrm_bench.datasets import ensure_dataset
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hrm_bench.scoring import ScoringConfig
@@ -78,12 +78,12 @@ def cli_overrides() -> list[str]:
 
 
 def merge_tier(cfg: DictConfig, tier: str, overrides: list[str]) -> dict:
-    """suite.{data,train,model} ← suite.<tier>.{...}, then command-line keys re-applied on top."""
+    """suite.{data,train,eval,model} ← suite.<tier>.{...}, then command-line keys re-applied on top."""
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     block = suite.pop(tier, None) or {}
     suite.pop("gpu" if tier == "cpu" else "cpu", None)
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    sections = {"data": suite.setdefault("data", {}), "train": suite.setdefault("train", {}), "model": model}
+    sections = {key: suite.setdefault(key, {}) for key in ("data", "train", "eval")} | {"model": model}
     for key, section in sections.items():
         section.update(block.get(key, {}))
     # a tier's model block is written for the HRM; another model takes the keys it has (its own file keeps the rest)
@@ -94,7 +94,7 @@ def merge_tier(cfg: DictConfig, tier: str, overrides: list[str]) -> dict:
         path = override.lstrip("+~").split("=", 1)[0].split(".")
         if path[0] == "model" and len(path) == 2:
             model[path[1]] = cfg.model[path[1]]
-        elif path[0] == "suite" and len(path) == 3 and path[1] in ("data", "train"):
+        elif path[0] == "suite" and len(path) == 3 and path[1] in ("data", "train", "eval"):
             suite[path[1]][path[2]] = cfg.suite[path[1]][path[2]]
     suite["model"] = model
     return suite
@@ -111,7 +111,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> Run
     arch = registry.model_config(model_name, model)
 
     train = dict(suite["train"])
-    train.update({"seed": cfg.seed, "device": profile.device})
+    train.update({"seed": cfg.seed, "device": profile.device, "test_time_steps": suite["eval"].get("test_time_steps")})
     train["compile"] = profile.compile if cfg.hardware.compile is None else cfg.hardware.compile
     train.setdefault("checkpoint_dir", str(Path(cfg.checkpoint_root) / f"{suite['name']}-{model_name}-{profile.name}-seed{cfg.seed}"))
     scoring.check_scorable(suite["data"]["builder"], train.get("eval_max_batches"))
@@ -211,14 +211,15 @@ def run(plan: RunPlan) -> dict | None:
     submission = submission_path(plan, row["date"])
     row.update(scoring.suite_scores(builder, data_dir, result.final_eval.get("predictions", {}), plan.scoring, submission))
     records.append_row(plan.results_dir / "runs.csv", row, records.RUN_COLUMNS, RUNS_HEADER)
+    run_logs.write_eval_curve(plan.results_dir, row, result.evals)
+    run_logs.write_test_time(plan.results_dir, row, scoring.test_time_curves(builder, data_dir, result.final_eval, plan.scoring))
     print_summary(plan, row, result, submission if builder == "arc" else None)
     return row
 
 
 def submission_path(plan: RunPlan, date: str) -> Path:
     """Where an ARC run's submission JSON goes: results/submissions/<suite>-<model>-<hardware>-seed<n>-<date>.json."""
-    stamp = date.replace(":", "")
-    return plan.results_dir / "submissions" / f"{plan.suite}-{plan.model_name}-{plan.profile.name}-seed{plan.seed}-{stamp}.json"
+    return plan.results_dir / "submissions" / f"{run_logs.run_id(plan.suite, plan.model_name, plan.profile.name, plan.seed, date)}.json"
 
 
 SUITE_SCORES = ("pass_at_1", "pass_at_2", "valid_path_rate")

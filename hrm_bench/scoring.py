@@ -2,7 +2,9 @@
 
 arc: each test pair is predicted once per augmented variant; the variants' answers are mapped back
 through identifiers.json and vote (puzzle_hrm.arc_eval): pass@1, pass@2 and the ARC Prize submission.
-maze: the valid-path rate (puzzle_hrm.data.maze.path_metrics).
+maze: the valid-path rate (puzzle_hrm.data.maze.path_metrics). `test_time_curves`: what more test-time
+compute buys, from the same evaluation: accuracy vs outer steps (every suite), pass@k under both ARC
+rules vs the number of voting variants, the Maze valid-path rate vs outer steps.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ logger = logging.getLogger(__name__)
 # per-row outputs of the final evaluation each builder's scores read (puzzle_hrm.evaluate.PREDICTION_FIELDS)
 PREDICTION_FIELDS = {
     "arc": ("puzzle_identifiers", "predictions", "q_halt_logits"),
-    "maze": ("inputs", "labels", "predictions"),
+    "maze": ("inputs", "labels", "predictions", "step_predictions"),
 }
 VOTE_WEIGHTS = ("count", "q_halt")
 
@@ -66,3 +68,22 @@ def arc_scores(data_dir: Path, rows: dict[str, torch.Tensor], vote: str, submiss
 
 def maze_scores(rows: dict[str, torch.Tensor]) -> dict[str, float]:
     return {"valid_path_rate": maze.path_metrics(rows["inputs"], rows["predictions"], rows["labels"])["valid_path_rate"]}
+
+
+def test_time_curves(builder: str, data_dir: Path, final_eval: dict, config: ScoringConfig) -> dict:
+    """The final evaluation's per-step curves and halting histogram, plus ARC's vote curve (both pass
+    rules) or Maze's valid-path rate per outer step, from its kept rows."""
+    curves = {key: final_eval[key] for key in ("exact_accuracy_by_steps", "policy_exact_accuracy_by_steps", "halt_step_histogram")}
+    rows = final_eval.get("predictions", {})
+    if builder == "arc":
+        confidences = torch.sigmoid(rows["q_halt_logits"].double()).tolist()
+        examples, tasks = arc_eval.split_examples(data_dir, rows["puzzle_identifiers"].numpy())
+        rule = "count" if config.vote == "count" else "confidence"
+        curves["arc_votes"] = arc_eval.vote_curve(rows["predictions"].numpy(), examples, tasks, confidences, rule)
+        curves["arc_multi_test_tasks"] = sum(len(t.test) > 1 for t in tasks.values())
+        curves["arc_tasks"] = len(tasks)
+    if builder == "maze":
+        steps = rows["step_predictions"]  # (N, steps, L)
+        curves["valid_path_rate_by_steps"] = [maze.path_metrics(rows["inputs"], steps[:, k], rows["labels"])["valid_path_rate"]
+                                              for k in range(steps.shape[1])]
+    return curves

@@ -5,10 +5,13 @@ scores the final answer; that exact accuracy is the paper's headline number. We 
 where the learned Q-policy *would* halt (first segment with q_halt > q_continue, or q_halt > 0
 for models without a continue head) and the
 accuracy of the answer at that segment, so the value of ACT is visible in one table.
+Test-time compute: one rollout may run longer than halt_max_steps (`n_steps`); exact accuracy after
+every segment k, and where the Q-policy capped at k halts, are read off that single rollout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +22,8 @@ from puzzle_hrm.losses import score_predictions
 from puzzle_hrm.model import HRM, Batch, wants_halt
 
 
-PREDICTION_FIELDS = ("inputs", "labels", "puzzle_identifiers", "predictions", "q_halt_logits")  # per test row
+# per test row; step_predictions: (steps, L) the answer after each segment
+PREDICTION_FIELDS = ("inputs", "labels", "puzzle_identifiers", "predictions", "q_halt_logits", "step_predictions")
 
 
 @dataclass
@@ -32,57 +36,86 @@ class EvalSums:
     q_halt_correct: torch.Tensor  # (q_halt >= 0) == final answer correct
     policy_exact_correct: torch.Tensor  # correct at the segment the Q-policy halts
     halt_step_hist: torch.Tensor  # (halt_max_steps,) counts of the policy's halting segment
+    step_exact_correct: torch.Tensor  # (steps,) correct after segment k (the fixed-steps policy capped at k)
+    policy_step_exact_correct: torch.Tensor  # (steps,) correct where the Q-policy halts when capped at k
+
+
+@dataclass
+class Rollout:
+    """Per segment k = 1..steps of one rollout: the answer and the Q-head, from which any cap k <= steps
+    of either policy is read off without running again."""
+
+    step_predictions: torch.Tensor  # (steps, B, L) argmax answer after each segment
+    q_halt_logits: torch.Tensor  # (steps, B)
+    wants_halt: torch.Tensor  # (steps, B) Q-policy halts here: q_halt > q_continue (q_halt > 0 without q_continue)
+
+
+def policy_halt_steps(wants: torch.Tensor) -> torch.Tensor:
+    """(steps, B): row k-1 holds the 1-based segment where the Q-policy halts when capped at k, i.e.
+    min(first segment that wants to halt, k), the official eval rule with halt_max_steps = k."""
+    n_steps = wants.shape[0]
+    ks = torch.arange(1, n_steps + 1, device=wants.device)
+    first = torch.where(wants.any(0), wants.int().argmax(0) + 1, n_steps)
+    return torch.minimum(first.unsqueeze(0), ks.unsqueeze(1))
 
 
 @torch.inference_mode()
-def rollout(model: HRM, batch: Batch, n_steps: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """n_steps segments (default halt_max_steps); returns final outputs, the policy's halting segment
-    (1-based) and the prediction at that segment. No host sync inside the loop."""
+def rollout(model: HRM, batch: Batch, n_steps: int | None = None) -> Rollout:
+    """`n_steps` segments (default: the model's halt_max_steps) of one rollout, no host sync inside.
+    In eval mode the model marks rows halted at its halt_max_steps and would restart them at the next
+    call; clearing the flag lets the same reasoning go on, so a longer rollout extends, never restarts."""
     carry = model.initial_carry(batch)
     n_steps = n_steps or model.config.halt_max_steps
-    halt_step = torch.full_like(carry.steps, n_steps)
-    policy_preds = None
-    for step in range(1, n_steps + 1):
+    predictions, q_halt, wants = [], [], []
+    for _ in range(n_steps):
         carry, outputs = model(carry=carry, batch=batch)
-        # in eval mode rows halt only at halt_max_steps; keep them on their puzzle to test-time steps beyond it
-        carry.halted = torch.zeros_like(carry.halted)
-        preds = outputs["logits"].argmax(-1)
-        halts_now = wants_halt(outputs["q_halt_logits"], outputs.get("q_continue_logits")) & (halt_step == n_steps) & (step < n_steps)
-        halt_step = torch.where(halts_now, step, halt_step)
-        policy_preds = preds if policy_preds is None else torch.where((halt_step == step).unsqueeze(-1), preds, policy_preds)
-    return outputs, halt_step, policy_preds
+        carry = dataclasses.replace(carry, halted=torch.zeros_like(carry.halted))
+        predictions.append(outputs["logits"].argmax(-1))
+        q_halt.append(outputs["q_halt_logits"])
+        wants.append(wants_halt(outputs["q_halt_logits"], outputs.get("q_continue_logits")))
+    return Rollout(torch.stack(predictions), torch.stack(q_halt), torch.stack(wants))
 
 
 def evaluate(model: HRM, batches: Iterable[tuple[str, Batch, int]], device: torch.device, max_batches: int | None = None,
-             keep_predictions: Sequence[str] = (), halt_max_steps: int | None = None) -> dict:
-    """Metrics over the whole test split (all ranks' shares when distributed). `keep_predictions` names
-    PREDICTION_FIELDS to return per test row, in test-split order, under result["predictions"].
-    `halt_max_steps` sets the segments per puzzle at test time (default: the model's, as trained)."""
+             keep_predictions: Sequence[str] = (), n_steps: int | None = None, halt_max_steps: int | None = None) -> dict:
+    """Metrics over the whole test split (all ranks' shares when distributed) after `halt_max_steps`
+    segments (default: the model's, the official number; fewer if `n_steps` is smaller) and, from the
+    same rollout of `n_steps` segments (default: as many), exact accuracy after every k <= n_steps for
+    the fixed-steps policy and for the Q-policy capped at k. `keep_predictions` names PREDICTION_FIELDS
+    to return per test row, in test-split order, under result["predictions"]."""
     if unknown := sorted(set(keep_predictions) - set(PREDICTION_FIELDS)):
         raise ValueError(f"keep_predictions: unknown fields {unknown}; known: {PREDICTION_FIELDS}")
     was_training = model.training
     model.eval()
-    hist_len = halt_max_steps or model.config.halt_max_steps
-    sums = EvalSums(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(5)), torch.zeros(hist_len, device=device, dtype=torch.float64))
+    head = halt_max_steps or min(n_steps or model.config.halt_max_steps, model.config.halt_max_steps)  # segments of the headline metrics
+    n_steps = max(n_steps or head, head)
+    sums = EvalSums(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(5)),
+                    torch.zeros(head, device=device, dtype=torch.float64),
+                    *(torch.zeros(n_steps, device=device, dtype=torch.float64) for _ in range(2)))
     predictions = []
     for i, (_, batch, effective_batch) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        outputs, halt_step, policy_preds = rollout(model, batch, hist_len)
-        labels = batch["labels"]
-        preds = outputs["logits"].argmax(-1)
-        n_labels, correct, exact = score_predictions(preds, labels)
+        result = rollout(model, batch, n_steps)
+        labels, preds, q_halt = batch["labels"], result.step_predictions[head - 1], result.q_halt_logits[head - 1]
+        n_labels, correct, _ = score_predictions(preds, labels)
+        step_exact = score_predictions(result.step_predictions, labels)[2]  # (steps, B)
+        policy_halt = policy_halt_steps(result.wants_halt)  # (steps, B)
+        policy_step_exact = step_exact.gather(0, policy_halt.long() - 1)
+        exact, policy_exact, halt_step = step_exact[head - 1], policy_step_exact[head - 1], policy_halt[head - 1]
         valid, token_acc = n_labels > 0, correct.sum(-1) / n_labels.clamp_min(1)
-        policy_exact = score_predictions(policy_preds, labels)[2]
         sums.count += valid.sum()
         sums.token_correct += torch.where(valid, token_acc, 0).sum()
         sums.exact_correct += (valid & exact).sum()
-        sums.q_halt_correct += (valid & ((outputs["q_halt_logits"] >= 0) == exact)).sum()
+        sums.q_halt_correct += (valid & ((q_halt >= 0) == exact)).sum()
         sums.policy_exact_correct += (valid & policy_exact).sum()
-        sums.halt_step_hist += torch.bincount(halt_step[valid].long() - 1, minlength=hist_len).to(torch.float64)
+        sums.halt_step_hist += torch.bincount(halt_step[valid].long() - 1, minlength=head).to(torch.float64)
+        sums.step_exact_correct += (valid & step_exact).sum(1)
+        sums.policy_step_exact_correct += (valid & policy_step_exact).sum(1)
         if keep_predictions:
-            rows = {**batch, "predictions": preds.to(torch.int32), "q_halt_logits": outputs["q_halt_logits"].float()}
+            rows = {**batch, "predictions": preds.to(torch.int32), "q_halt_logits": q_halt.float(),
+                    "step_predictions": result.step_predictions.transpose(0, 1).to(torch.int16)}
             predictions.append(rows_in_split_order({k: rows[k] for k in keep_predictions}, effective_batch))
     model.train(was_training)
     return summarize(sums, predictions if keep_predictions else None)
@@ -119,6 +152,8 @@ def summarize(sums: EvalSums, predictions: list | None) -> dict:
         "policy_exact_accuracy": sums.policy_exact_correct.item() / count,
         "mean_halt_steps": float((hist * steps).sum() / count),
         "halt_step_histogram": [int(x) for x in hist.tolist()],
+        "exact_accuracy_by_steps": (sums.step_exact_correct.cpu() / count).tolist(),  # [k-1]: after k segments
+        "policy_exact_accuracy_by_steps": (sums.policy_step_exact_correct.cpu() / count).tolist(),  # Q-policy capped at k
     }
     if predictions is not None:
         result["predictions"] = {k: torch.cat([p[k] for p in predictions]) for k in predictions[0]} if predictions else {}
@@ -152,7 +187,10 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR [batch_size=768] [predictions=FILE.pt]"""
+    """python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR [batch_size=768] [predictions=FILE.pt] [eval_halt_max_steps=K]
+
+    eval_halt_max_steps: segments of the rollout at test time (default: the checkpoint's halt_max_steps);
+    the result holds exact accuracy after every k <= K for both policies (one rollout)."""
     import json
     import sys
 
@@ -160,14 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     from puzzle_hrm.data.loader import PuzzleLoader
 
     args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
-    unknown = set(args) - {"checkpoint", "data", "batch_size", "predictions", "device"}
+    unknown = set(args) - {"checkpoint", "data", "batch_size", "predictions", "device", "eval_halt_max_steps"}
     if unknown or not {"checkpoint", "data"} <= set(args):
         raise SystemExit(f"usage: {main.__doc__}  (unknown: {sorted(unknown)})")
     device = torch.device(args.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
     batch_size = int(args.get("batch_size", 768))
     model = load_for_evaluation(args["checkpoint"], args["data"], batch_size, "bfloat16" if device.type == "cuda" else "float32").to(device)
     loader = PuzzleLoader(args["data"], "test", batch_size, mode="test")
-    result = evaluate(model, loader, device, keep_predictions=PREDICTION_FIELDS if "predictions" in args else ())
+    n_steps = int(args["eval_halt_max_steps"]) if "eval_halt_max_steps" in args else None
+    keep = tuple(f for f in PREDICTION_FIELDS if f != "step_predictions") if "predictions" in args else ()
+    result = evaluate(model, loader, device, keep_predictions=keep, n_steps=n_steps)
     if "predictions" in args:
         save_atomic(result.pop("predictions"), args["predictions"])
     print(json.dumps(result, indent=1))

@@ -67,6 +67,7 @@ class TrainConfig:
     compile_loss: bool = True  # with compile: the ACT loss gets a compiled graph too (fused stablemax, as the official head)
     precision: str = "default"  # default: matmuls in forward_dtype | fp8 (rowwise scales) | fp8_tensorwise (puzzle_hrm/fp8.py)
     eval_max_batches: int | None = None  # cap evaluation (CPU profiles); None = the whole test split
+    test_time_steps: int | None = None  # segments of the final evaluation's rollout (test-time compute curves); None = eval_halt_max_steps
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end (when checkpoint_dir is set)
     resume: bool = False  # continue from checkpoint_dir/last.pt if it exists
@@ -309,13 +310,13 @@ def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, A
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         restore_training_checkpoint(ckpt_path, state, train_loader, device)
 
-    def run_eval(keep: Sequence[str] = ()) -> dict:
+    def run_eval(keep: Sequence[str] = (), n_steps: int | None = None) -> dict:
         test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
         with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext():
             # the compiled module when compiling (eval mode gets its own graph), else the model itself
             metrics = evaluate(forward, test_loader, device, max_batches=cfg.eval_max_batches, keep_predictions=keep,
-                               halt_max_steps=cfg.eval_halt_max_steps)  # ends with a host sync
+                               n_steps=n_steps, halt_max_steps=cfg.eval_halt_max_steps)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
@@ -361,7 +362,7 @@ def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, A
     result.train_seconds += time.perf_counter() - t0
     if ckpt_path and rank == 0:
         save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
-    result.final_eval = run_eval(keep_predictions)
+    result.final_eval = run_eval(keep_predictions, cfg.test_time_steps)
     result.evals.append(result.final_eval)
     tracker.log({f"eval/{k}": v for k, v in result.final_eval.items() if isinstance(v, (int, float))}, state.step)
     tracker.close()

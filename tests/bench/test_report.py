@@ -38,7 +38,7 @@ def test_since_filter_and_no_match_error():
 
 def test_markdown_and_plot_files(tmp_path):
     TABLE.to_csv(tmp_path / "runs.csv", index=False)
-    report.main(["--results-dir", str(tmp_path)])
+    report.main(["--suite", "hybrid", "--results-dir", str(tmp_path)])
     text = (tmp_path / "hybrid-seeds.md").read_text()
     # columns: metric, seeds, mean segments, params, train ex/s, decode tok/s, peak mem (absent columns stay empty)
     assert "| a | 0.300 ± 0.141 | 2 |  | 10 | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  | 0 |  |  |  |" in text

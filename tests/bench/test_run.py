@@ -63,7 +63,7 @@ def tiny_run(tmp_path, *overrides: str) -> dict:
 
 def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
     row = tiny_run(tmp_path, "suite.cpu.data.num_train=64", "suite.cpu.data.num_test=16", "++suite.train.max_steps=6",
-                   "++suite.train.log_every=3")
+                   "++suite.train.log_every=3", "suite.eval.test_time_steps=5")
     table = pd.read_csv(tmp_path / "results" / "runs.csv")
     assert list(table.columns) == list(RUN_COLUMNS) and len(table) == 1
     assert row["steps"] == 6 and row["hardware"] == "cpu" and row["suite"] == "sudoku"
@@ -72,6 +72,12 @@ def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
     assert 0.0 <= row["exact_accuracy"] <= row["token_accuracy"] <= 1.0
     assert (tmp_path / "results" / "runs.md").read_text().count("sudoku") >= 1
     assert (tmp_path / "ckpt").exists()
+    evals = pd.read_csv(next((tmp_path / "results" / "evals").glob("sudoku-hrm_v1-cpu-seed0-*.csv")))
+    assert evals["step"].tolist() == [6] and evals["exact_accuracy"].tolist() == [row["exact_accuracy"]]
+    assert (evals["date"] == row["date"]).all() and (evals["command"] == row["command"]).all()
+    curves = json.loads(next((tmp_path / "results" / "test_time").glob("*.json")).read_text())
+    assert len(curves["exact_accuracy_by_steps"]) == 5  # the run's halt_max_steps is 2; the curve goes on to 5
+    assert curves["exact_accuracy_by_steps"][1] == row["exact_accuracy"] and curves["date"] == row["date"]
 
 
 @pytest.mark.skipif(not DEFAULT_ARC_ARCHIVE.exists(), reason="ARC task archive not present")
@@ -88,6 +94,9 @@ def test_tiny_arc_run_scores_pass_at_k_and_writes_the_submission(tmp_path):
     assert len(attempts["00576224"]) == 1 and set(attempts["00576224"][0]) == {"attempt_1", "attempt_2"}
     table = pd.read_csv(tmp_path / "results" / "runs.csv")
     assert table["pass_at_2"].tolist() == [row["pass_at_2"]] and table["valid_path_rate"].isna().all()
+    curves = json.loads(next((tmp_path / "results" / "test_time").glob("arc1-*.json")).read_text())
+    assert [c["votes"] for c in curves["arc_votes"]] == [1, 2, 3]  # original + 2 augmentations
+    assert curves["arc_votes"][-1]["pass@2"] == row["pass_at_2"] and curves["arc_tasks"] == 1
 
 
 def test_tiny_maze_run_records_the_valid_path_rate(tmp_path):
@@ -96,3 +105,6 @@ def test_tiny_maze_run_records_the_valid_path_rate(tmp_path):
                    "model.puzzle_emb_ndim=16")
     assert 0.0 <= row["exact_accuracy"] <= row["valid_path_rate"] <= 1.0  # an exact answer is a valid path
     assert pd.read_csv(tmp_path / "results" / "runs.csv")["valid_path_rate"].tolist() == [row["valid_path_rate"]]
+    curves = json.loads(next((tmp_path / "results" / "test_time").glob("maze-*.json")).read_text())
+    assert curves["valid_path_rate_by_steps"][-1] == row["valid_path_rate"]
+    assert len(curves["valid_path_rate_by_steps"]) == len(curves["exact_accuracy_by_steps"])

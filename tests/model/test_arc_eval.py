@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from puzzle_hrm.arc_eval import aggregate, score_test_split, vote, write_submission
+from puzzle_hrm.arc_eval import aggregate, score_test_split, vote, vote_counts, vote_curve, write_submission
 from puzzle_hrm.data.arc import (
     ARCBuildConfig,
     ARCTask,
@@ -124,3 +124,28 @@ def test_score_test_split_maps_rows_through_identifiers(built):
         score_test_split(built, labels, np.zeros_like(row_ids))  # padding rows (blank identifier 0) slipped in
     with pytest.raises(DatasetFormatError, match="row 1 .* no test pair"):
         score_test_split(built, labels[:3], np.repeat(row_ids[:1], 3))  # task0 has 1 test pair, not 3
+
+
+def test_both_pass_rules_and_the_vote_curve_on_a_multi_test_task():
+    rng = np.random.default_rng(3)
+    names = ["m"] + [augment_name("m", int(rng.integers(8)), np.r_[0, rng.permutation(9) + 1]) for _ in range(3)]
+    tasks = {"m": task("m", A, B), "s": task("s", C)}  # m has two test inputs, s one
+    examples, preds = [], []
+    # m: pair 0 right by every variant; pair 1: C twice, then the truth B twice (the tie goes to C, seen
+    # first), so pair 1 is solved at pass@2 once B votes and never at pass@1
+    for pair_index, answers in ((0, (A, A, A, A)), (1, (C, C, B, B))):
+        for name, grid in zip(names, answers):
+            examples.append(TestExample("m", pair_index, name))
+            preds.append(predict(grid, name))
+    examples.append(TestExample("s", 0, "s"))
+    preds.append(predict(C, "s"))
+    scores = aggregate(np.stack(preds), examples, tasks)
+    assert scores.per_task["m"] == {"pass@1": 0.5, "pass@2": 1.0}
+    assert scores.overall == {"pass@1": 0.75, "pass@2": 1.0}  # per task: mean over its test inputs
+    assert scores.overall_all_pairs == {"pass@1": 0.5, "pass@2": 1.0}  # per task: all test inputs right
+    curve = vote_curve(np.stack(preds), examples, tasks)
+    assert [c["votes"] for c in curve] == [1, 2, 4]
+    assert [c["pass@2"] for c in curve] == [0.75, 0.75, 1.0]  # B votes only from the third variant on
+    assert [c["pass@2_all_pairs"] for c in curve] == [0.5, 0.5, 1.0]
+    assert curve[-1]["pass@1"] == scores.overall["pass@1"]
+    assert vote_counts(1001) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1001] and vote_counts(1) == [1]
