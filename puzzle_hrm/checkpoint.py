@@ -7,6 +7,7 @@ and, for reproducibility, the resolved configs, dataset metadata and git commit.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -20,17 +21,32 @@ from puzzle_hrm.model import HRM, HRMCarry, HRMInnerCarry
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a
+    file, and a power cut after the rename never leaves an empty one. Temp files of writes that were
+    killed (never renamed, never removed) are removed first: on ARC each is ~2 GB."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_orphan_temps(path: str | Path) -> list[Path]:
+    """Delete `.<name>.*.tmp` beside `path`: what save_atomic leaves when its process is killed
+    mid-write (one writer per checkpoint, so none of them is still being written)."""
+    path = Path(path)
+    orphans = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
