@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -333,11 +334,20 @@ def preflight(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     overrides = [a for a in argv if not a.startswith("hydra.")]
-    try:
-        with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
+        try:
             compose(config_name="config", overrides=overrides)
-    except HydraException as err:
-        raise ValueError(str(err).split("\nSet the environment variable HYDRA_FULL_ERROR", 1)[0]) from err
+        except HydraException as err:
+            message = str(err).split("\nConfig search path", 1)[0]
+            if match := re.match(r"Could not override '([^']+)'", message):  # a key the config lacks
+                key = match.group(1)
+                groups = [a for a in overrides if "." not in a.split("=", 1)[0]]  # suite=, model=, ...
+                parent = OmegaConf.select(compose(config_name="config", overrides=groups), key.rpartition(".")[0] or "")
+                section = key.rpartition(".")[0]
+                valid = ", ".join(sorted(parent)) if isinstance(parent, DictConfig) and parent else "none listed"
+                hint = f" (++{key}=... sets a key the suite file does not list)" if key.startswith("suite.") else ""
+                message = f"{key}: unknown key; valid keys{f' of {section}' if section else ''}: {valid}{hint}"
+            raise ValueError(message) from err
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.hub import from_hub
 from puzzle_hrm.model import HRM, HRMCarry, HRMInnerCarry
 
 
@@ -133,7 +134,9 @@ def checkpoint_file(spec: str) -> Path:
             raise ValueError(f"{spec}: expected {HF_PREFIX}<org>/<repo>, e.g. {HF_PREFIX}sapientinc/HRM-checkpoint-sudoku-extreme")
         from huggingface_hub import snapshot_download
 
-        return weights_in_folder(Path(snapshot_download(repo_id=repo_id)), spec)
+        folder = from_hub(spec, lambda local_only: snapshot_download(repo_id=repo_id, local_files_only=local_only),
+                          "download the repo elsewhere and pass its folder as checkpoint=<folder>")
+        return weights_in_folder(folder, spec)
     path = Path(spec)
     return weights_in_folder(path, spec) if path.is_dir() else path
 
