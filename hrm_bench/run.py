@@ -117,14 +117,15 @@ SUITE_KEYS = ("name", "paper", "data", "train", "model", "scoring", "cpu", "gpu"
 TIER_KEYS = ("data", "train", "model")
 
 
-def check_top_level(cfg: DictConfig) -> dict:
-    """The keys outside suite/model (seed, variant, paths, hardware choices), typed; unknown keys refused."""
+def check_top_level(cfg: DictConfig, suite_keys: tuple[str, ...] = SUITE_KEYS, tier_keys: tuple[str, ...] = TIER_KEYS) -> dict:
+    """The keys outside suite/model (seed, variant, paths, hardware choices), typed; unknown keys refused
+    there and among the suite's own keys (its sections are checked against their dataclasses later)."""
     values = OmegaConf.to_container(cfg, resolve=True)
     check_keys({k: v for k, v in values.items() if k not in ("suite", "model", "hardware")}, TOP_KEYS, "")
     check_keys(values["hardware"], HARDWARE_KEYS, "hardware")
-    check_keys(values["suite"], SUITE_KEYS, "suite")
+    check_keys(values["suite"], suite_keys, "suite")
     for tier in ("cpu", "gpu"):
-        check_keys(values["suite"].get(tier) or {}, TIER_KEYS, f"suite.{tier}")
+        check_keys(values["suite"].get(tier) or {}, tier_keys, f"suite.{tier}")
     top = {k: coerce(values[k], t, k) for k, t in TOP_KEYS.items()}
     return top | {f"hardware.{k}": coerce(values["hardware"].get(k), t, f"hardware.{k}") for k, t in HARDWARE_KEYS.items()}
 

@@ -43,9 +43,10 @@ def save_row(directory: str | Path, row: Mapping[str, Any], recorded_in: Path | 
 
 def record_row(csv_path: Path, row: Mapping[str, Any], directory: str | Path, header: str) -> None:
     """Append the row to the results table; if that fails, keep it in the run directory and say where
-    (the same command with resume=true appends it later without training again)."""
+    (the same command with resume=true appends it later without training again). Keys starting with
+    "_" are kept in row.json only (e.g. per-task scores for a comparison table)."""
     try:
-        records.append_row(csv_path, row, records.RUN_COLUMNS, header)
+        records.append_row(csv_path, {k: v for k, v in row.items() if not k.startswith("_")}, records.RUN_COLUMNS, header)
     except (OSError, ValueError) as err:
         fallback = save_row(directory, row, recorded_in=None)
         raise OSError(f"{csv_path}: the result row could not be written ({err}); it is saved in {fallback} "

@@ -12,6 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
+from puzzle_hrm.checkpoint import remove_orphan_temps
+
 # TrainConfig keys that say how a run is driven, not what it computes: they may differ on resume
 # and do not name a different run. eval_max_batches only caps the final report, not the training.
 RUN_CONTROLS = frozenset({
@@ -52,12 +54,29 @@ def dataset_fingerprint(data_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_resumable(path: Path, saved: Mapping[str, Any], train: Mapping[str, Any], model: Mapping[str, Any], fingerprint: str) -> None:
-    """Refuse to resume `saved` (a loaded checkpoint) into a run with other results-changing settings."""
-    found = [f"train.{d}" for d in differences(result_keys(saved.get("train_config", {})), result_keys(train))]
-    found += [f"model.{d}" for d in differences(result_keys(saved.get("model_config", {}), MODEL_RUN_CONTROLS), result_keys(model, MODEL_RUN_CONTROLS))]
-    if saved.get("dataset_fingerprint") not in (None, fingerprint):
-        found.append("dataset: its dataset.json / build_config.json differ from the checkpoint's")
+def section_differences(section: str, saved: Mapping[str, Any], wanted: Mapping[str, Any], controls: frozenset[str]) -> list[str]:
+    return [f"{section}.{d}" for d in differences(result_keys(saved, controls), result_keys(wanted, controls))]
+
+
+def refuse(path: Path, found: list[str]) -> None:
     if found:
         raise ResumeMismatch(f"{path}: cannot resume, the checkpoint was trained with other settings ({'; '.join(found)}); "
                              "use another checkpoint_dir for the new run, or the old settings to continue")
+
+
+def check_resumable(path: Path, saved: Mapping[str, Any], train: Mapping[str, Any], model: Mapping[str, Any], fingerprint: str) -> None:
+    """Refuse to resume `saved` (a loaded checkpoint) into a run with other results-changing settings."""
+    found = section_differences("train", saved.get("train_config", {}), train, RUN_CONTROLS)
+    found += section_differences("model", saved.get("model_config", {}), model, MODEL_RUN_CONTROLS)
+    if saved.get("dataset_fingerprint") not in (None, fingerprint):
+        found.append("dataset: its dataset.json / build_config.json differ from the checkpoint's")
+    refuse(path, found)
+
+
+def check_start(path: Path, resume: bool) -> None:
+    """Before a run writes `path`: remove temp files of killed writes; refuse to start from scratch
+    over an existing checkpoint (it may be a longer run's: continue it, or choose another folder)."""
+    remove_orphan_temps(path)
+    if path.exists() and not resume:
+        raise ValueError(f"{path}: a checkpoint of an earlier run is there; pass resume=true to continue it, "
+                         "or use another checkpoint_dir (or remove this one) to train from scratch")

@@ -251,16 +251,6 @@ def save_or_warn(path: Path, state: TrainState, loader: PuzzleLoader, cfg: Train
 TRAINING_CHECKPOINT_KEYS = ("model", "optimizers", "step", "carry", "loader", "rng")
 
 
-def check_checkpoint_dir(path: Path | None, cfg: TrainConfig) -> None:
-    """Remove temp files of killed writes; refuse to start over an existing run's checkpoint."""
-    if path is None:
-        return
-    ckpt.remove_orphan_temps(path)
-    if path.exists() and not cfg.resume:
-        raise ValueError(f"{path}: a checkpoint of an earlier run is there; pass resume=true to continue it, "
-                         "or use another checkpoint_dir (or remove this one) to train from scratch")
-
-
 def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, device: torch.device, cfg: TrainConfig | None = None) -> None:
     """Load a checkpoint of this loop, refusing one of another run (configs, data) or another kind."""
     saved = ckpt.load(path, map_location=device)
@@ -304,7 +294,8 @@ def _fit(cfg: TrainConfig, arch: HRMConfig, checkpoint_extra: dict[str, Any], ke
     state = build_state(cfg, arch, train_loader.metadata, device)
     forward = torch.compile(state.model) if cfg.compile else state.model
     ckpt_path = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
-    check_checkpoint_dir(ckpt_path, cfg)
+    if ckpt_path is not None:
+        resume.check_start(ckpt_path, cfg.resume)
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         restore_training_checkpoint(ckpt_path, state, train_loader, device, cfg)
     # opened now: an unreadable test split is found before the training, not after it
