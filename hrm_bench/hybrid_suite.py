@@ -85,6 +85,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     if unknown:
         raise ValueError(f"suite.variants: unknown hybrid variants {unknown}; choose from {list(VARIANTS)}")
     typed(HybridConfig, sections["model"], "suite.model")  # names a bad key before any model is built
+    train = typed(HybridTrainConfig, {**sections["train"], "seed": top["seed"]}, "suite.train")
     check_keys(sections["variant_train"], VARIANTS, "suite.variant_train")
     for variant, values in sections["variant_train"].items():
         typed(HybridTrainConfig, {**sections["train"], **values}, f"suite.variant_train.{variant}")
@@ -93,7 +94,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
         backbone_dtype=backbone_dtype(suite.get("backbone_dtype", "float32")),
         variants=tuple(suite["variants"]),
         few_shot=suite["few_shot"],
-        train=typed(HybridTrainConfig, {**sections["train"], "seed": top["seed"]}, "suite.train"),
+        train=train,
         model=sections["model"],
         variant_train=sections["variant_train"],
         profile=profile,

@@ -93,8 +93,8 @@ def check_writable(directory: str | Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise OSError(err.errno, f"{directory}: result rows cannot be written there ({err.strerror}); "
-                                 "pass results_dir=<a writable folder>") from None
+        raise OSError(f"{directory}: result rows cannot be written there ({err.strerror or err}); "
+                      "pass results_dir=<a writable folder>") from None
     return directory
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from hrm_bench import records
 from puzzle_hrm.data.format import atomic_write_text
 
+logger = logging.getLogger(__name__)
 ROW_FILE = "row.json"
 
 
@@ -51,4 +53,7 @@ def record_row(csv_path: Path, row: Mapping[str, Any], directory: str | Path, he
         fallback = save_row(directory, row, recorded_in=None)
         raise OSError(f"{csv_path}: the result row could not be written ({err}); it is saved in {fallback} "
                       "and is appended by the same command with resume=true") from err
-    save_row(directory, row, recorded_in=csv_path)
+    try:
+        save_row(directory, row, recorded_in=csv_path)
+    except OSError as err:  # the row is recorded; only the marker of a finished run is missing
+        logger.warning("%s: not written (%s); the row is in %s", Path(directory) / ROW_FILE, err, csv_path)

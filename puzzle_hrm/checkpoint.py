@@ -8,6 +8,7 @@ and, for reproducibility, the resolved configs, dataset metadata and git commit.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import tempfile
@@ -31,13 +32,37 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer = KeepWriteError(f, path)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:  # torch's writer turns a failed write (a full disk) into an opaque RuntimeError
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class KeepWriteError(io.RawIOBase):
+    """A file's writer that remembers the OSError of a failed write (errno and path stay known)."""
+
+    def __init__(self, f, name: Path) -> None:
+        super().__init__()
+        self.f, self.name, self.error = f, name, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err if err.filename else OSError(err.errno, err.strerror, str(self.name))
+            raise
 
 
 def remove_orphan_temps(path: str | Path) -> list[Path]:
@@ -57,7 +82,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors come in many types; name the file either way
-        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {err}") from err
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {unpickler_reason(err)}") from err
+
+
+def unpickler_reason(err: Exception) -> str:
+    """torch's weights_only error is a page of advice around one line that says what was refused."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    return match.group(1).strip() if match else text
 
 
 def carry_to_dict(carry: HRMCarry | None) -> dict[str, torch.Tensor] | None:

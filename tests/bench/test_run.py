@@ -100,6 +100,21 @@ def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
     assert (tmp_path / "ckpt").exists()
 
 
+def test_a_finished_run_is_not_recorded_twice_and_a_row_without_training_has_no_throughput(tmp_path, capsys):
+    small = ["suite.cpu.data.num_train=64", "suite.cpu.data.num_test=16", "++suite.train.max_steps=2", "++suite.train.log_every=1"]
+    first = tiny_run(tmp_path, *small)
+    again = tiny_run(tmp_path, *small, "++suite.train.resume=true")
+    assert again == first and "run already finished at step 2" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "results" / "runs.csv")) == 1
+    (row_file,) = (tmp_path / "ckpt").glob("*/row.json")
+    row_file.unlink()  # as if the evaluation had failed after the last checkpoint: evaluate and record, no training
+    evaluated = tiny_run(tmp_path, *small, "++suite.train.resume=true")
+    assert evaluated["steps"] == 2 and evaluated["train_examples_per_s"] is None and evaluated["tflops"] is None
+    assert evaluated["exact_accuracy"] == first["exact_accuracy"] and evaluated["stop_reason"] == "max_steps"
+    table = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert len(table) == 2 and table["train_examples_per_s"].isna().tolist() == [False, True]
+
+
 @pytest.mark.skipif(not DEFAULT_ARC_ARCHIVE.exists(), reason="ARC task archive not present")
 def test_tiny_arc_run_scores_pass_at_k_and_writes_the_submission(tmp_path):
     row = tiny_run(tmp_path, "suite=arc1", "suite.cpu.data.max_tasks=1", "suite.cpu.data.num_aug=2", "++suite.train.max_steps=2",
