@@ -96,8 +96,8 @@ class Workspace:
         script = FAULTS[fault] + f"import runpy, sys; sys.argv = ['{module}', *sys.argv[1:]]; runpy.run_module('{module}', run_name='__main__')"
         return [sys.executable, "-c", script, *args]
 
-    def run(self, module: str, args: list[str], fault: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(module, args, fault), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def run(self, module: str, args: list[str], fault: str | None = None, timeout: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(module, args, fault), cwd=cwd or self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, module: str, args: list[str]) -> subprocess.Popen:
         return subprocess.Popen(self.command(module, args), cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -306,11 +306,17 @@ def wait_then_signal(ws: Workspace, args: list[str], ready: Callable[[Path], boo
 
 
 def hybrid_kill_and_resume(ws: Workspace, steps: int = 40) -> Iterator[Outcome]:
-    """The hybrid loop (tiny LLM): SIGKILL after a checkpoint, resume == uninterrupted."""
+    """The hybrid loop (tiny LLM): SIGKILL after a checkpoint, resume, SIGINT, resume == uninterrupted."""
     args = [*HYBRID_TINY, f"++suite.train.max_steps={steps}", "++suite.train.save_every=2"]
     paths = ws.hybrid_paths
     ws.run("hrm_bench.run", [*args, *paths("hstraight")])
     killed = wait_then_signal(ws, [*args, *paths("hcut")], lambda d: (d / "checkpoint.pt").exists(), signal.SIGKILL)
+    first = ckpt.load(run_dir(ws, "hcut") / "checkpoint.pt")["step"]
+    interrupted = wait_then_signal(ws, [*args, *paths("hcut"), "++suite.train.resume=true"],
+                                   lambda d: ckpt.load(d / "checkpoint.pt")["step"] > first, signal.SIGINT)
+    yield kept("hybrid: SIGINT mid-run: checkpoint, resume hint, exit 130", "kill",
+               interrupted.returncode == 130 and "resume with:" in interrupted.stdout and "Traceback" not in interrupted.stdout,
+               f"exit {interrupted.returncode}")
     cut_early = killed.returncode == -signal.SIGKILL
     done = ws.run("hrm_bench.run", [*args, *paths("hcut"), "++suite.train.resume=true"])
     a, b = (ckpt.load(run_dir(ws, name) / "checkpoint.pt") for name in ("hstraight", "hcut"))
@@ -318,7 +324,7 @@ def hybrid_kill_and_resume(ws: Workspace, steps: int = 40) -> Iterator[Outcome]:
     ra, rb = rows(ws.root / "hstraight" / "results"), rows(ws.root / "hcut" / "results")
     detail = f"killed: exit {killed.returncode}; resume exit {done.returncode}; {len(differ)} tensors differ; rows {len(ra)} / {len(rb)}"
     ok = cut_early and done.returncode == 0 and not differ and len(rb) == 1 and not same_row(ra[0], rb[0], ("steps", "verifier_accuracy"))
-    yield kept("hybrid: SIGKILL mid-run, resume == uninterrupted", "kill", ok, detail)
+    yield kept("hybrid: SIGKILL + SIGINT mid-run, resume == uninterrupted", "kill", ok, detail)
 
 
 def machine_faults(ws: Workspace) -> Iterator[Outcome]:
@@ -365,6 +371,20 @@ def machine_faults(ws: Workspace) -> Iterator[Outcome]:
                "every file of the older build unchanged" if same else "the dataset folder changed")
 
 
+def elsewhere(ws: Workspace) -> Iterator[Outcome]:
+    """suite=arc1 from a folder outside the repository, output paths left at their defaults."""
+    cwd = ws.root / "elsewhere"
+    cwd.mkdir()
+    args = ["suite=arc1", "hardware=cpu", "suite.cpu.data.max_tasks=1", "suite.cpu.data.num_aug=1", "++suite.train.max_steps=1",
+            "++suite.train.log_every=1", "suite.cpu.train.global_batch_size=4", "model.hidden_size=16", "model.num_heads=2",
+            "model.puzzle_emb_ndim=16", "++suite.train.progress=false", "hydra.run.dir=hydra"]
+    proc = ws.run("hrm_bench.run", args, cwd=cwd)
+    printed = [line for line in proc.stdout.splitlines() if line.startswith(("results: ", "checkpoint: ", "data: "))]
+    ok = proc.returncode == 0 and {p.split(":")[0] for p in printed} == {"results", "checkpoint", "data"} and (cwd / "results" / "runs.csv").exists()
+    yield kept("suite=arc1 from another directory: shipped source found, outputs where printed", "elsewhere", ok,
+               f"exit {proc.returncode}; printed {[p.split(':')[0] for p in printed]}", failure="silent wrong")
+
+
 APPENDER = "import sys\nfrom hrm_bench.records import append_row\nfor i in range(100):\n    append_row(sys.argv[1], {'commit': sys.argv[2], 'steps': i}, ('commit', 'steps'))\n"
 
 
@@ -385,7 +405,7 @@ def run_cases(root: Path, fast: bool) -> list[Outcome]:
     if fast:
         groups += [fast_refusals]
     else:
-        groups += [bad_command_lines, resumes, machine_faults]
+        groups += [bad_command_lines, resumes, machine_faults, elsewhere]
     outcomes = []
     for group in groups:
         for outcome in group(ws):

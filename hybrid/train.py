@@ -34,6 +34,7 @@ from hybrid.tasks import Collator, Example, Task, get_task
 from puzzle_hrm import resume
 from puzzle_hrm.checkpoint import load, rng_state, save_atomic, set_rng_state
 from puzzle_hrm.data.format import IGNORE_LABEL_ID, atomic_write_text
+from puzzle_hrm.stop import StopRequest, TrainingInterrupted, stop_on_signals
 from puzzle_hrm.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,13 @@ def build_optimizer(trainable: Trainable, config: HybridTrainConfig) -> torch.op
 
 def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> FitResult:
     """The loop above. Seed before building the model: with the same seed the run is the same,
-    and with `resume` it continues bit-identically from output_dir/checkpoint.pt (on CPU)."""
+    and with `resume` it continues bit-identically from output_dir/checkpoint.pt (on CPU).
+    SIGINT / SIGTERM stop after the current step: checkpoint saved, TrainingInterrupted raised."""
+    with stop_on_signals() as stop:
+        return _fit(trainable, data, config, stop)
+
+
+def _fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig, stop: StopRequest) -> FitResult:
     output = Path(config.output_dir)
     checkpoint, curve_path = output / "checkpoint.pt", output / "eval_curve.csv"
     optimizer = build_optimizer(trainable, config)
@@ -310,8 +317,11 @@ def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> Fit
         if config.log_samples_every and step % config.log_samples_every == 0:
             shown = data.eval[: config.samples_logged]
             log_samples(step, shown, completions or trainable.answer(shown, config.decode, torch.Generator().manual_seed(config.seed)).texts)
-        if (config.save_every and step % config.save_every == 0) or step == config.max_steps:
+        if (config.save_every and step % config.save_every == 0) or step == config.max_steps or stop:
             save_checkpoint(checkpoint, trainable, optimizer, step, config)
+        if stop:
+            tracker.close()
+            raise TrainingInterrupted(stop.signal_name, step, checkpoint)
     tracker.close()
     if not final:  # resumed at max_steps: nothing trained, still report the model's accuracy
         final, _ = evaluate(trainable.answer, data, config)

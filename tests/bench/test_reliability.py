@@ -10,8 +10,9 @@ def test_fast_reliability_cases_lose_nothing_and_refuse_in_one_line(tmp_path):
     out = tmp_path / "reliability.md"
     counts = reliability.main(["--fast", "--out", str(out)])
     text = out.read_text()
-    assert counts == {"kept": 5, "one-line error": 2}, text
-    assert "| 7 | 2 | 0 | 0 | 0 | 5 |" in text
-    for case in ("SIGKILL mid-run", "SIGINT mid-run", "resume after SIGKILL + SIGINT == uninterrupted", "hybrid: SIGKILL mid-run",
+    assert counts == {"kept": 6, "one-line error": 2}, text
+    assert "| 8 | 2 | 0 | 0 | 0 | 6 |" in text
+    for case in ("SIGKILL mid-run", "SIGINT mid-run", "resume after SIGKILL + SIGINT == uninterrupted", "hybrid: SIGINT mid-run",
+                 "hybrid: SIGKILL + SIGINT mid-run, resume == uninterrupted",
                  "two processes append 100 rows each", "resume into another model", "results folder cannot be created"):
         assert case in text
