@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hrm_bench import metrics, records
+from hrm_bench import metrics, records, rundirs
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hybrid.backbone import Backbone, backbone_by_name
 from hybrid.baselines import llm_only_answers
@@ -30,9 +30,11 @@ from hybrid.generate import Answers
 from hybrid.hrm_only import HRMOnlyTrainable
 from hybrid.lora import LoRATrainable
 from hybrid.tasks import Collator, Example
-from hybrid.train import AnswerFn, HybridTrainConfig, TrainData, Trainable, evaluate, fit
+from hybrid.train import RUN_CONTROLS, AnswerFn, HybridTrainConfig, TrainData, Trainable, evaluate, fit
 from hybrid.trainable import HybridTrainable
+from puzzle_hrm import resume
 from puzzle_hrm.data.format import atomic_write_text
+from puzzle_hrm.typed_config import check_keys, typed
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +64,15 @@ class SuitePlan:
     profile: HardwareProfile
     seed: int
     results_dir: Path
-    output_dir: Path  # checkpoints and eval curves, one folder per variant
+    output_dir: Path  # checkpoint_root: one folder per variant and configuration (variant_dir)
 
 
 def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     """The suite with its cpu:/gpu: block merged in; command-line `suite.<section>.<key>=` keys win."""
-    profile = detect_profile(cfg.hardware.profile)
+    from hrm_bench.run import check_top_level  # the keys every suite shares (seed, paths, hardware)
+
+    top = check_top_level(cfg, SUITE_KEYS, ("train", "model", "variant_train"))
+    profile = detect_profile(top["hardware.profile"])
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     tier = "cpu" if profile.device == "cpu" else "gpu"
     block = suite.get(tier) or {}
@@ -78,21 +83,38 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
             sections[path[1]][path[2]] = OmegaConf.to_container(cfg.suite[path[1]], resolve=True)[path[2]]
     unknown = sorted(set(suite["variants"]) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"unknown hybrid variants {unknown}; choose from {list(VARIANTS)}")
-    output_dir = Path(cfg.checkpoint_root) / f"hybrid-{suite['backbone'].replace('/', '_')}-{profile.name}-seed{cfg.seed}"
+        raise ValueError(f"suite.variants: unknown hybrid variants {unknown}; choose from {list(VARIANTS)}")
+    typed(HybridConfig, sections["model"], "suite.model")  # names a bad key before any model is built
+    train = typed(HybridTrainConfig, {**sections["train"], "seed": top["seed"]}, "suite.train")
+    check_keys(sections["variant_train"], VARIANTS, "suite.variant_train")
+    for variant, values in sections["variant_train"].items():
+        typed(HybridTrainConfig, {**sections["train"], **values}, f"suite.variant_train.{variant}")
     return SuitePlan(
         backbone=suite["backbone"],
         backbone_dtype=backbone_dtype(suite.get("backbone_dtype", "float32")),
         variants=tuple(suite["variants"]),
         few_shot=suite["few_shot"],
-        train=HybridTrainConfig(**{**sections["train"], "seed": cfg.seed}),
+        train=train,
         model=sections["model"],
         variant_train=sections["variant_train"],
         profile=profile,
-        seed=cfg.seed,
-        results_dir=Path(cfg.results_dir),
-        output_dir=output_dir,
+        seed=top["seed"],
+        results_dir=Path(top["results_dir"]),
+        output_dir=Path(top["checkpoint_root"]),
     )
+
+
+SUITE_KEYS = ("kind", "name", "backbone", "backbone_dtype", "variants", "few_shot", "train", "model", "variant_train", "cpu", "gpu")
+
+
+def variant_train(plan: SuitePlan, variant: str) -> HybridTrainConfig:
+    """The variant's training config, its output_dir named by everything that makes its result:
+    hybrid-<variant>-<backbone>-<profile>-seed<n>-<hash8> (run controls left out: a longer budget continues it)."""
+    train = replace(plan.train, **plan.variant_train.get(variant, {}))
+    identity = {"variant": variant, "backbone": plan.backbone, "backbone_dtype": str(plan.backbone_dtype), "few_shot": plan.few_shot,
+                "model": plan.model, "train": resume.result_keys(asdict(train), RUN_CONTROLS), "hardware": plan.profile.name}
+    prefix = f"hybrid-{variant}-{plan.backbone.replace('/', '_')}-{plan.profile.name}-seed{plan.seed}"
+    return replace(train, output_dir=str(rundirs.run_dir(plan.output_dir, prefix, identity)))
 
 
 def backbone_dtype(name: str) -> torch.dtype:
@@ -140,7 +162,7 @@ def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
 
 def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> dict[str, Any]:
     """Train (if it trains) and evaluate one variant: its result row."""
-    train = replace(plan.train, output_dir=str(plan.output_dir / variant), **plan.variant_train.get(variant, {}))
+    train = variant_train(plan, variant)
     start = time.perf_counter()
     peak = metrics.PeakMemory(plan.profile.device)
     peak.reset()  # per variant on a GPU; on CPU the process's peak so far
@@ -170,6 +192,7 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         "mean_halt_steps": final.get("mean_segments"),  # HRM segments the answers came from
         "verifier_accuracy": final["verifier_accuracy"],
         "decode_tokens_per_s": final["decode_tokens_per_s"],
+        "stop_reason": "max_steps" if steps else None,
         "_per_task": {k.split("/", 1)[1]: v for k, v in final.items() if "/" in k},  # for the comparison table only
     }
 
@@ -196,9 +219,25 @@ def comparison_table(plan: SuitePlan, rows: list[dict[str, Any]], cache_s: float
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def finished_variant(plan: SuitePlan, variant: str, output_dir: str) -> dict[str, Any] | None:
+    """With resume, the saved row of a variant that already ran its steps (not evaluated or recorded again)."""
+    saved = rundirs.saved_row(output_dir) if plan.train.resume else None
+    trains = variant not in LLM_ONLY
+    if saved is None or (trains and saved["row"]["steps"] != variant_train(plan, variant).max_steps):
+        return None
+    if saved["recorded_in"] is None:
+        from hrm_bench.run import RUNS_HEADER
+
+        rundirs.record_row(plan.results_dir / "runs.csv", saved["row"], output_dir, RUNS_HEADER)
+    logger.info("hybrid suite: %s already finished; its row (%s) is in %s", variant, saved["row"]["date"], plan.results_dir / "runs.csv")
+    return saved["row"]
+
+
 def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
     from hrm_bench.run import RUNS_HEADER  # the runs.csv header text lives with the other suites
 
+    records.check_writable(plan.results_dir)  # before the training, not after it
+    print(f"results: {(plan.results_dir / 'runs.csv').resolve()}\ncheckpoints: {plan.output_dir.resolve()}", flush=True)
     backbone = backbone_by_name(plan.backbone, plan.backbone_dtype, device=plan.profile.device)
     data = TrainData.build(plan.train, Collator(backbone.tokenizer, backbone.max_positions))
     rows, cache_s = [], None
@@ -208,8 +247,10 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
             tick = time.perf_counter()
             data.cache_states(backbone, plan.train.cache_dir)
             cache_s = time.perf_counter() - tick
-        row = run_variant(plan, variant, backbone, data)
-        records.append_row(plan.results_dir / "runs.csv", {k: v for k, v in row.items() if not k.startswith("_")}, records.RUN_COLUMNS, RUNS_HEADER)
+        output_dir = variant_train(plan, variant).output_dir
+        if (row := finished_variant(plan, variant, output_dir)) is None:
+            row = run_variant(plan, variant, backbone, data)
+            rundirs.record_row(plan.results_dir / "runs.csv", row, output_dir, RUNS_HEADER)
         rows.append(row)
         logger.info("hybrid suite: %s verifier_accuracy=%.3f (%s)", variant, row["verifier_accuracy"], row["_per_task"])
     atomic_write_text(plan.results_dir / f"hybrid-{plan.profile.name}.md", f"# Hybrid comparison (`python -m hrm_bench.run suite=hybrid`)\n\n{comparison_table(plan, rows, cache_s)}")

@@ -5,7 +5,9 @@ it on every append for reading on GitHub. Both are written to a temporary file i
 and moved into place with os.replace, so a crash leaves the old table whole. A CSV whose header
 is not the expected one is refused, never rewritten, except an older table whose columns are the
 expected ones with some missing (a contract before columns were added): it gains them, empty. Cells are kept as the text they were written
-as, so SHAs and version strings round-trip unchanged. One writer at a time (rank 0).
+as, so SHAs and version strings round-trip unchanged. The read-modify-rewrite of an append holds
+a lock file beside the table (<table>.lock, filelock), so runs finishing at the same time all keep
+their rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from puzzle_hrm.data.format import atomic_write_text
 
@@ -37,8 +40,9 @@ RUN_COLUMNS = (
     "train_examples_per_s", "train_tokens_per_s", "tflops", "mfu", "peak_mem_gib",
     "exact_accuracy", "token_accuracy", "mean_halt_steps", "q_halt_accuracy",
     "pass_at_1", "pass_at_2", "valid_path_rate", "verifier_accuracy", "eval_puzzles_per_s",
-    "decode_tokens_per_s", "config",
+    "decode_tokens_per_s", "config", "stop_reason",
 )  # fmt: skip
+# stop_reason: what ended the training: schedule (its last step) | max_steps | max_train_seconds.
 # One row per performance measurement (results/perf.csv); path is "fast" or "reference".
 PERF_COLUMNS = (
     "date", "command", "commit", "device", "profile", "path", "config", "shape", "batch",
@@ -66,13 +70,33 @@ def append_row(csv_path: str | Path, row: Mapping[str, object], columns: Sequenc
     unknown = [key for key in row if key not in columns]
     if unknown:
         raise ValueError(f"{csv_path}: unknown columns {unknown}; expected a subset of {columns}")
-    table = _read_table(csv_path, columns)
-    table.loc[len(table)] = [_cell(row.get(c)) for c in columns]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
-    preamble = f"{header.strip()}\n\n" if header.strip() else ""
-    atomic_write_text(csv_path.with_suffix(".md"), preamble + markdown_table(table))
+    with FileLock(lock_path(csv_path)):
+        table = _read_table(csv_path, columns)
+        table.loc[len(table)] = [_cell(row.get(c)) for c in columns]
+        atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
+        preamble = f"{header.strip()}\n\n" if header.strip() else ""
+        atomic_write_text(csv_path.with_suffix(".md"), preamble + markdown_table(table))
     logger.info("appended a row to %s (%d rows)", csv_path, len(table))
+
+
+def lock_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + ".lock")
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Make sure rows can be written to `directory` before a run spends its time training: create it,
+    then create and remove a file there. Raises OSError naming the directory."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-check-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"{directory}: result rows cannot be written there ({err.strerror or err}); "
+                      "pass results_dir=<a writable folder>") from None
+    return directory
 
 
 def markdown_table(table: pd.DataFrame) -> str:

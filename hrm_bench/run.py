@@ -4,7 +4,11 @@ Config composition (Hydra, files in hrm_bench/conf): suite (data, training budge
 model (hrm_v1 = the official architecture), hardware (auto | cpu | h100 | h200 | cuda), seed.
 A suite carries a `cpu:` and a `gpu:` block merged over it for the detected hardware tier, so
 the same command is a few-minute real run on a laptop and the official recipe on a GPU.
-Only `main` sees the DictConfig; everything below it gets typed configs.
+Only `main` sees the DictConfig; everything below it gets typed configs: every key of the composed
+config is checked against its dataclass (unknown keys and wrong types are refused, naming the key).
+Refusals print `error: <file or key>: <problem>` and exit 2 (puzzle_hrm.cli_errors); a stop signal
+saves a checkpoint and exits 130. Outputs go where results_dir / checkpoint_root / the suite's
+output_dir say (relative to the working directory), printed at the start of every run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -20,14 +27,16 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from hrm_bench import metrics, records, run_logs, scoring
-from hrm_bench.datasets import ensure_dataset
+from hrm_bench import metrics, records, run_logs, rundirs, scoring
+from hrm_bench.datasets import BUILDERS, ensure_dataset
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hrm_bench.scoring import ScoringConfig
-from puzzle_hrm import registry
+from puzzle_hrm import registry, resume
+from puzzle_hrm.cli_errors import refusals
 from puzzle_hrm.config import PuzzleModelConfig
 from puzzle_hrm.data.format import DatasetMetadata
-from puzzle_hrm.train import FitResult, TrainConfig, fit
+from puzzle_hrm.train import FitResult, TrainConfig, fit, planned_steps
+from puzzle_hrm.typed_config import check_keys, coerce, typed
 
 logger = logging.getLogger(__name__)
 
@@ -100,39 +109,68 @@ def merge_tier(cfg: DictConfig, tier: str, overrides: list[str]) -> dict:
     return suite
 
 
+TOP_KEYS = {"seed": int, "variant": str, "results_dir": str, "checkpoint_root": str}  # config.yaml besides the groups
+HARDWARE_KEYS = {"profile": str, "compile": bool | None, "attn_backend": str | None}
+SUITE_KEYS = ("name", "paper", "data", "train", "model", "eval", "scoring", "cpu", "gpu", "kind")
+TIER_KEYS = ("data", "train", "model", "eval")
+
+
+def check_top_level(cfg: DictConfig, suite_keys: tuple[str, ...] = SUITE_KEYS, tier_keys: tuple[str, ...] = TIER_KEYS) -> dict:
+    """The keys outside suite/model (seed, variant, paths, hardware choices), typed; unknown keys refused
+    there and among the suite's own keys (its sections are checked against their dataclasses later)."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    check_keys({k: v for k, v in values.items() if k not in ("suite", "model", "hardware")}, TOP_KEYS, "")
+    check_keys(values["hardware"], HARDWARE_KEYS, "hardware")
+    check_keys(values["suite"], suite_keys, "suite")
+    for tier in ("cpu", "gpu"):
+        check_keys(values["suite"].get(tier) or {}, tier_keys, f"suite.{tier}")
+    top = {k: coerce(values[k], t, k) for k, t in TOP_KEYS.items()}
+    return top | {f"hardware.{k}": coerce(values["hardware"].get(k), t, f"hardware.{k}") for k, t in HARDWARE_KEYS.items()}
+
+
 def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
     """Merge the suite's tier block, apply the hardware profile, and type everything."""
-    profile = detect_profile(cfg.hardware.profile)
+    top = check_top_level(cfg)
+    profile = detect_profile(top["hardware.profile"])
     suite = merge_tier(cfg, tier_of(profile), cli_overrides() if overrides is None else overrides)
     model = suite["model"]
     model_name = model.pop("name")
     model.setdefault("forward_dtype", profile.forward_dtype)
-    model["attn_backend"] = cfg.hardware.attn_backend or ("flash" if profile.attention == "flash" else "auto")
+    model["attn_backend"] = top["hardware.attn_backend"] or ("flash" if profile.attention == "flash" else "auto")
     arch = registry.model_config(model_name, model)
 
     train = dict(suite["train"])
-    train.update({"seed": cfg.seed, "device": profile.device, "test_time_steps": suite["eval"].get("test_time_steps")})
-    train["compile"] = profile.compile if cfg.hardware.compile is None else cfg.hardware.compile
-    train.setdefault("checkpoint_dir", str(Path(cfg.checkpoint_root) / f"{suite['name']}-{model_name}-{profile.name}-seed{cfg.seed}"))
-    scoring.check_scorable(suite["data"]["builder"], train.get("eval_max_batches"))
+    train.update({"seed": top["seed"], "device": profile.device, "test_time_steps": suite.get("eval", {}).get("test_time_steps")})
+    train["compile"] = profile.compile if top["hardware.compile"] is None else top["hardware.compile"]
+    train_config = typed(TrainConfig, train, "suite.train")
+    if "builder" not in suite["data"] or suite["data"]["builder"] not in BUILDERS:
+        raise ValueError(f"suite.data.builder: {suite['data'].get('builder')!r} is not one of {', '.join(sorted(BUILDERS))}")
+    typed(BUILDERS[suite["data"]["builder"]][0], {k: v for k, v in suite["data"].items() if k != "builder"}, "suite.data")
+    identity = {"suite": suite["name"], "model": model_name, "arch": dataclasses.asdict(arch), "data": suite["data"],
+                "train": resume.result_keys(dataclasses.asdict(train_config)), "hardware": profile.name}
+    if train_config.checkpoint_dir is None:
+        prefix = f"{suite['name']}-{model_name}-{profile.name}-seed{top['seed']}"
+        train_config.checkpoint_dir = str(rundirs.run_dir(top["checkpoint_root"], prefix, identity))
+    scoring.check_scorable(suite["data"]["builder"], train_config.eval_max_batches)
     return RunPlan(
         suite=suite["name"],
         model_name=model_name,
-        variant=cfg.variant,
-        seed=cfg.seed,
+        variant=top["variant"],
+        seed=top["seed"],
         data=suite["data"],
-        train=TrainConfig(**train),
+        train=train_config,
         arch=arch,
         profile=profile,
-        results_dir=Path(cfg.results_dir),
+        results_dir=Path(top["results_dir"]),
         paper=suite.get("paper", {}),
-        scoring=ScoringConfig(**suite.get("scoring", {})),
+        scoring=typed(ScoringConfig, suite.get("scoring", {}), "suite.scoring"),
     )
 
 
 def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak_mem_gib: float, wall_s: float) -> dict:
     cfg = result.model.config
-    examples_per_s = (result.train_examples - plan.train.global_batch_size) / result.train_seconds if result.train_seconds > 0 else None
+    # the first step (warm-up) is timed apart; with fewer than two steps trained there is no rate
+    examples_per_s = (result.train_examples - plan.train.global_batch_size) / result.train_seconds if result.train_seconds > 0 and result.trained_steps > 1 else None
     flops = metrics.hrm_flops_per_example(cfg, training=True)
     tflops = metrics.model_tflops(flops, examples_per_s) if examples_per_s else None
     n_devices = dist.get_world_size() if dist.is_initialized() else 1  # examples/s above is the global rate
@@ -165,6 +203,7 @@ def result_row(plan: RunPlan, result: FitResult, metadata: DatasetMetadata, peak
         "mean_halt_steps": final["mean_halt_steps"],
         "q_halt_accuracy": final["q_halt_accuracy"],
         "config": config_column(plan, cfg),
+        "stop_reason": result.stop_reason,
     }
 
 
@@ -191,14 +230,41 @@ def describe_provenance(provenance: dict) -> str:
     return label + str(provenance.get("source", "unknown source"))
 
 
+def print_locations(plan: RunPlan) -> None:
+    """Where this run reads and writes (relative paths are relative to the working directory)."""
+    print(f"results: {(plan.results_dir / 'runs.csv').resolve()}\ncheckpoint: {Path(plan.train.checkpoint_dir).resolve()}\n"
+          f"data: {Path(plan.data.get('output_dir', '?')).resolve()}", flush=True)
+
+
+def finished_run(plan: RunPlan, train_cfg: TrainConfig, metadata: DatasetMetadata) -> dict | None:
+    """With resume, the row of a run that already reached its last step (appending it now if only
+    its fallback copy was written); None when there is training left to do."""
+    saved = rundirs.saved_row(train_cfg.checkpoint_dir) if train_cfg.resume else None
+    if saved is None or saved["row"].get("steps") != planned_steps(train_cfg, metadata)[1]:
+        return None
+    row, csv_path = saved["row"], plan.results_dir / "runs.csv"
+    if saved["recorded_in"] is None:
+        rundirs.record_row(csv_path, row, train_cfg.checkpoint_dir, RUNS_HEADER)
+        print(f"run already finished at step {row['steps']}; its saved row ({row['date']}) is now appended to {csv_path}")
+    else:
+        print(f"run already finished at step {row['steps']}: nothing to train, no new row; its row ({row['date']}, variant "
+              f"{row['variant']}) is in {saved['recorded_in']}")
+    return row
+
+
 def run(plan: RunPlan) -> dict | None:
     """Build data, train, evaluate; rank 0 appends the row and returns it."""
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        records.check_writable(plan.results_dir)  # before the training, not after it
+        print_locations(plan)
     data_dir = ensure_dataset(plan.data, build=rank == 0)
     if dist.is_initialized():
         dist.barrier()
     train_cfg = dataclasses.replace(plan.train, data_path=str(data_dir))
     metadata = DatasetMetadata.from_json(data_dir / "train" / "dataset.json")
+    if (finished := finished_run(plan, train_cfg, metadata)) is not None:
+        return finished if rank == 0 else None
     logger.info("suite=%s model=%s hardware=%s data=%s", plan.suite, plan.model_name, plan.profile.name, data_dir)
     builder = plan.data["builder"]
     start = time.perf_counter()
@@ -210,7 +276,7 @@ def run(plan: RunPlan) -> dict | None:
     row = result_row(dataclasses.replace(plan, train=train_cfg), result, metadata, memory.gib(), time.perf_counter() - start)
     submission = submission_path(plan, row["date"])
     row.update(scoring.suite_scores(builder, data_dir, result.final_eval.get("predictions", {}), plan.scoring, submission))
-    records.append_row(plan.results_dir / "runs.csv", row, records.RUN_COLUMNS, RUNS_HEADER)
+    rundirs.record_row(plan.results_dir / "runs.csv", row, train_cfg.checkpoint_dir, RUNS_HEADER)
     run_logs.write_eval_curve(plan.results_dir, row, result.evals)
     run_logs.write_test_time(plan.results_dir, row, scoring.test_time_curves(builder, data_dir, result.final_eval, plan.scoring))
     print_summary(plan, row, result, submission if builder == "arc" else None)
@@ -253,25 +319,60 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
 
 
+def resume_command() -> str:
+    """This command line with the resume switch (printed when a run is stopped by a signal)."""
+    args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith("suite.train.resume=")]
+    return "python -m hrm_bench.run " + " ".join(shlex.quote(a) for a in [*args, "++suite.train.resume=true"])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    if cfg.suite.get("kind") == "hybrid":  # the frozen-LLM comparison has its own runner
-        from hrm_bench import hybrid_suite
+    with refusals(resume_hint=resume_command()):
+        if cfg.suite.get("kind") == "hybrid":  # the frozen-LLM comparison has its own runner
+            from hrm_bench import hybrid_suite
 
-        hybrid_suite.main(cfg, cli_overrides())
-        return
-    if cfg.suite.get("kind") == "sweep":  # several runs of this runner, one table (suite=variants / ablations)
-        from hrm_bench import sweep_suite
+            hybrid_suite.main(cfg, cli_overrides())
+            return
+        if cfg.suite.get("kind") == "sweep":  # several runs of this runner, one table (suite=variants / ablations)
+            from hrm_bench import sweep_suite
 
-        sweep_suite.main(cfg)
+            sweep_suite.main(cfg)
+            return
+        init_distributed()
+        try:
+            run(plan_from_config(cfg))
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose the config once before Hydra's main does, so that an override Hydra refuses (a key
+    the config lacks, a bad group name, a parse error) is one `error:` line with exit status 2 too.
+    Skipped for Hydra's own flags (--help, --cfg, -m sweeps): Hydra handles those itself."""
+    if any(a.startswith("-") for a in argv):
         return
-    init_distributed()
-    try:
-        run(plan_from_config(cfg))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    overrides = [a for a in argv if not a.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(Path(__file__).parent / "conf"), version_base="1.3"):
+        try:
+            compose(config_name="config", overrides=overrides)
+        except HydraException as err:
+            message = str(err).split("\nConfig search path", 1)[0]
+            if match := re.match(r"Could not override '([^']+)'", message):  # a key the config lacks
+                key = match.group(1)
+                groups = [a for a in overrides if "." not in a.split("=", 1)[0]]  # suite=, model=, ...
+                parent = OmegaConf.select(compose(config_name="config", overrides=groups), key.rpartition(".")[0] or "")
+                section = key.rpartition(".")[0]
+                valid = ", ".join(sorted(parent)) if isinstance(parent, DictConfig) and parent else "none listed"
+                hint = f" (++{key}=... sets a key the suite file does not list)" if key.startswith("suite.") else ""
+                message = f"{key}: unknown key; valid keys{f' of {section}' if section else ''}: {valid}{hint}"
+            raise ValueError(message) from err
 
 
 if __name__ == "__main__":
+    with refusals():
+        preflight(sys.argv[1:])
     main()

@@ -31,8 +31,10 @@ from hybrid.backbone import Backbone
 from hybrid.features import FeatureBatch, FeatureCache, open_or_build
 from hybrid.generate import Answers, DecodeConfig
 from hybrid.tasks import Collator, Example, Task, get_task
+from puzzle_hrm import resume
 from puzzle_hrm.checkpoint import load, rng_state, save_atomic, set_rng_state
 from puzzle_hrm.data.format import IGNORE_LABEL_ID, atomic_write_text
+from puzzle_hrm.stop import StopRequest, TrainingInterrupted, stop_on_signals
 from puzzle_hrm.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -191,9 +193,11 @@ class FitResult:
     final_eval: dict[str, float]
     curve: list[dict[str, float]] = field(default_factory=list)
 
+    stop_reason: str = "max_steps"  # the loop's only budget (a result row's column)
+
     @property
     def train_examples_per_s(self) -> float | None:
-        return self.train_examples / self.train_seconds if self.train_seconds > 0 else None
+        return self.train_examples / self.train_seconds if self.train_seconds > 0 and self.train_examples > 0 else None
 
 
 def train_step(trainable: Trainable, optimizer: torch.optim.Optimizer, batch: Any, correct_fn: CorrectFn, grad_clip: float) -> dict[str, float]:
@@ -250,9 +254,23 @@ def save_checkpoint(path: Path, trainable: Trainable, optimizer: torch.optim.Opt
     save_atomic(state, path)
 
 
-def load_checkpoint(path: Path, trainable: Trainable, optimizer: torch.optim.Optimizer) -> int:
+# HybridTrainConfig keys that drive a run without changing what it trains (may differ on resume)
+RUN_CONTROLS = frozenset({"max_steps", "resume", "output_dir", "cache_dir", "progress", "wandb", "wandb_project", "eval_every",
+                          "eval_batch_size", "save_every", "log_samples_every", "samples_logged"})
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
+
+
+def load_checkpoint(path: Path, trainable: Trainable, optimizer: torch.optim.Optimizer, config: HybridTrainConfig | None = None) -> int:
+    """Restore a checkpoint of this loop, refusing one of another kind or trained with other settings."""
     state = load(path)  # weights_only=True
-    trainable.load_state_dict(state["model"])
+    if missing := [k for k in CHECKPOINT_KEYS if k not in state]:
+        raise ValueError(f"{path}: not a checkpoint of hybrid.train (missing {missing})")
+    if config is not None:
+        resume.refuse(path, resume.section_differences("train", state["config"], asdict(config), RUN_CONTROLS))
+    try:
+        trainable.load_state_dict(state["model"])
+    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors: another model
+        raise ValueError(f"{path}: does not fit the model: {err}") from None
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state["step"]
@@ -265,11 +283,18 @@ def build_optimizer(trainable: Trainable, config: HybridTrainConfig) -> torch.op
 
 def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> FitResult:
     """The loop above. Seed before building the model: with the same seed the run is the same,
-    and with `resume` it continues bit-identically from output_dir/checkpoint.pt (on CPU)."""
+    and with `resume` it continues bit-identically from output_dir/checkpoint.pt (on CPU).
+    SIGINT / SIGTERM stop after the current step: checkpoint saved, TrainingInterrupted raised."""
+    with stop_on_signals() as stop:
+        return _fit(trainable, data, config, stop)
+
+
+def _fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig, stop: StopRequest) -> FitResult:
     output = Path(config.output_dir)
     checkpoint, curve_path = output / "checkpoint.pt", output / "eval_curve.csv"
     optimizer = build_optimizer(trainable, config)
-    start = load_checkpoint(checkpoint, trainable, optimizer) if config.resume and checkpoint.is_file() else 0
+    resume.check_start(checkpoint, config.resume)
+    start = load_checkpoint(checkpoint, trainable, optimizer, config) if config.resume and checkpoint.is_file() else 0
     if start:
         logger.info("resumed from %s at step %d", checkpoint, start)
     elif curve_path.is_file():
@@ -292,8 +317,11 @@ def fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig) -> Fit
         if config.log_samples_every and step % config.log_samples_every == 0:
             shown = data.eval[: config.samples_logged]
             log_samples(step, shown, completions or trainable.answer(shown, config.decode, torch.Generator().manual_seed(config.seed)).texts)
-        if (config.save_every and step % config.save_every == 0) or step == config.max_steps:
+        if (config.save_every and step % config.save_every == 0) or step == config.max_steps or stop:
             save_checkpoint(checkpoint, trainable, optimizer, step, config)
+        if stop:
+            tracker.close()
+            raise TrainingInterrupted(stop.signal_name, step, checkpoint)
     tracker.close()
     if not final:  # resumed at max_steps: nothing trained, still report the model's accuracy
         final, _ = evaluate(trainable.answer, data, config)

@@ -8,6 +8,8 @@ and, for reproducibility, the resolved configs, dataset metadata and git commit.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import io
 import os
 import re
 import tempfile
@@ -17,21 +19,61 @@ from typing import Any
 import torch
 
 from puzzle_hrm.config import HRMConfig
+from puzzle_hrm.hub import from_hub
 from puzzle_hrm.model import HRM, HRMCarry, HRMInnerCarry
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a
+    file, and a power cut after the rename never leaves an empty one. Temp files of writes that were
+    killed (never renamed, never removed) are removed first: on ARC each is ~2 GB."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer = KeepWriteError(f, path)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:  # torch's writer turns a failed write (a full disk) into an opaque RuntimeError
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class KeepWriteError(io.RawIOBase):
+    """A file's writer that remembers the OSError of a failed write (errno and path stay known)."""
+
+    def __init__(self, f, name: Path) -> None:
+        super().__init__()
+        self.f, self.name, self.error = f, name, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err if err.filename else OSError(err.errno, err.strerror, str(self.name))
+            raise
+
+
+def remove_orphan_temps(path: str | Path) -> list[Path]:
+    """Delete `.<name>.*.tmp` beside `path`: what save_atomic leaves when its process is killed
+    mid-write (one writer per checkpoint, so none of them is still being written)."""
+    path = Path(path)
+    orphans = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -41,7 +83,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors come in many types; name the file either way
-        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {err}") from err
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {unpickler_reason(err)}") from err
+
+
+def unpickler_reason(err: Exception) -> str:
+    """torch's weights_only error is a page of advice around one line that says what was refused."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    return match.group(1).strip() if match else text
 
 
 def carry_to_dict(carry: HRMCarry | None) -> dict[str, torch.Tensor] | None:
@@ -123,7 +172,9 @@ def checkpoint_file(spec: str) -> Path:
             raise ValueError(f"{spec}: expected {HF_PREFIX}<org>/<repo>, e.g. {HF_PREFIX}sapientinc/HRM-checkpoint-sudoku-extreme")
         from huggingface_hub import snapshot_download
 
-        return weights_in_folder(Path(snapshot_download(repo_id=repo_id)), spec)
+        folder = from_hub(spec, lambda local_only: snapshot_download(repo_id=repo_id, local_files_only=local_only),
+                          "download the repo elsewhere and pass its folder as checkpoint=<folder>")
+        return weights_in_folder(folder, spec)
     path = Path(spec)
     return weights_in_folder(path, spec) if path.is_dir() else path
 

@@ -174,6 +174,8 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
     checkpoint = str(ckpt.checkpoint_file(checkpoint))
     saved = ckpt.load(checkpoint)
     if "model_config" in saved:  # ours
+        if "model" not in saved:
+            raise ValueError(f"{checkpoint}: has a model_config but no model weights")
         config_cls = model_config_class(saved.get("model_name", DEFAULT_MODEL))
         model = build_model(config_cls(**{**saved["model_config"], "batch_size": batch_size, "forward_dtype": forward_dtype}))
         ckpt.load_model_weights(model, {**saved["model"], **(saved.get("ema") or {})}, checkpoint)
@@ -186,22 +188,48 @@ def load_for_evaluation(checkpoint: str, data_dir: str, batch_size: int, forward
     return model
 
 
+CLI_KEYS = ("checkpoint", "data", "batch_size", "predictions", "device", "eval_halt_max_steps")
+
+
+def parse_cli(argv: list[str]) -> dict[str, str]:
+    """key=value arguments, every key known and checkpoint/data given; else a ValueError naming the key."""
+    if malformed := [a for a in argv if "=" not in a]:
+        raise ValueError(f"{malformed[0]}: expected key=value with key one of {', '.join(CLI_KEYS)}")
+    args = dict(a.split("=", 1) for a in argv)
+    if unknown := sorted(set(args) - set(CLI_KEYS)):
+        raise ValueError(f"{', '.join(unknown)}: unknown key; valid keys: {', '.join(CLI_KEYS)}")
+    if missing := [k for k in ("checkpoint", "data") if k not in args]:
+        raise ValueError(f"{', '.join(missing)}: required (python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR)")
+    for key in ("batch_size", "eval_halt_max_steps"):
+        if not args.get(key, "1").isdigit() or int(args.get(key, "1")) < 1:
+            raise ValueError(f"{key}: {args[key]!r} is not a positive int")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    """python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR [batch_size=768] [predictions=FILE.pt] [eval_halt_max_steps=K]
+    """python -m puzzle_hrm.evaluate checkpoint=PATH data=DIR [batch_size=768] [predictions=FILE.pt] [device=cpu] [eval_halt_max_steps=K]
 
     eval_halt_max_steps: segments of the rollout at test time (default: the checkpoint's halt_max_steps);
-    the result holds exact accuracy after every k <= K for both policies (one rollout)."""
-    import json
+    the result holds exact accuracy after every k <= K for both policies (one rollout).
+    Refusals print `error: <file or key>: <problem>` and exit 2 (HRM_BENCH_DEBUG=1: the traceback)."""
     import sys
+
+    from puzzle_hrm.cli_errors import refusals
+
+    with refusals():
+        run_cli(parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+def run_cli(args: dict[str, str]) -> None:
+    import json
 
     from puzzle_hrm.checkpoint import save_atomic
     from puzzle_hrm.data.loader import PuzzleLoader
 
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
-    unknown = set(args) - {"checkpoint", "data", "batch_size", "predictions", "device", "eval_halt_max_steps"}
-    if unknown or not {"checkpoint", "data"} <= set(args):
-        raise SystemExit(f"usage: {main.__doc__}  (unknown: {sorted(unknown)})")
-    device = torch.device(args.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ValueError(f"device: {args['device']!r} is not a torch device ({err})") from None
     batch_size = int(args.get("batch_size", 768))
     model = load_for_evaluation(args["checkpoint"], args["data"], batch_size, "bfloat16" if device.type == "cuda" else "float32").to(device)
     loader = PuzzleLoader(args["data"], "test", batch_size, mode="test")

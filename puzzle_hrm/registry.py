@@ -15,6 +15,7 @@ from puzzle_hrm.config import HRMConfig, PuzzleModelConfig, field_names
 from puzzle_hrm.model import HRM
 from puzzle_hrm.transformer import Transformer, TransformerConfig
 from puzzle_hrm.trm import TRM, TRMConfig
+from puzzle_hrm.typed_config import typed
 
 MODELS: dict[str, tuple[type[PuzzleModelConfig], type[nn.Module]]] = {
     "hrm_v1": (HRMConfig, HRM),
@@ -41,11 +42,8 @@ def model_keys(name: str) -> frozenset[str]:
 
 
 def model_config(name: str, values: dict[str, Any]) -> PuzzleModelConfig:
-    """The typed config of model `name`; keys it does not know are refused, named."""
-    cls = model_config_class(name)
-    if unknown := sorted(set(values) - model_keys(name)):
-        raise ValueError(f"model {name}: unknown keys {unknown}; {cls.__name__} accepts {sorted(model_keys(name))}")
-    return cls(**values)
+    """The typed config of model `name`: keys it does not know and values of the wrong type are refused, named."""
+    return typed(model_config_class(name), values, "model")
 
 
 def build_model(config: PuzzleModelConfig) -> nn.Module:

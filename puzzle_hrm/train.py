@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import time
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from puzzle_hrm import checkpoint as ckpt
+from puzzle_hrm import resume
 from puzzle_hrm.config import PuzzleModelConfig
 from puzzle_hrm.data.format import DatasetMetadata
 from puzzle_hrm.data.loader import PuzzleLoader, official_total_steps
@@ -33,6 +35,7 @@ from puzzle_hrm.losses import act_loss
 from puzzle_hrm.model import HRM, Batch, HRMCarry
 from puzzle_hrm.optim import build_optimizers, cosine_schedule_with_warmup
 from puzzle_hrm.registry import build_model, model_name_of
+from puzzle_hrm.stop import StopRequest, TrainingInterrupted, stop_on_signals
 from puzzle_hrm.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -101,6 +104,8 @@ class FitResult:
     evals: list[dict] = field(default_factory=list)
     last_train_metrics: dict = field(default_factory=dict)
     model: HRM | None = None
+    stop_reason: str = "schedule"  # schedule | max_steps | max_train_seconds: what ended the training
+    trained_steps: int = 0  # steps trained in this call (0: resumed at the last step)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,10 +141,16 @@ def model_config_for(arch: PuzzleModelConfig, metadata: DatasetMetadata, local_b
     )
 
 
+def planned_steps(cfg: TrainConfig, metadata: DatasetMetadata) -> tuple[int, int]:
+    """(schedule length, last step this run trains to): max_steps may end it before the schedule does."""
+    total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
+    return total, min(total, cfg.max_steps or total)
+
+
 def build_state(cfg: TrainConfig, arch: PuzzleModelConfig, metadata: DatasetMetadata, device: torch.device) -> TrainState:
     """The training state for a dataset: its shapes fix the model, its size the schedule length."""
     _, world_size = world()
-    total = cfg.total_steps or official_total_steps(metadata, cfg.epochs, cfg.global_batch_size)
+    total, _ = planned_steps(cfg, metadata)
     return init_state(cfg, model_config_for(arch, metadata, cfg.global_batch_size // world_size), device, total)
 
 
@@ -262,6 +273,7 @@ def reduce_train_metrics(sums: dict[str, torch.Tensor], global_batch_size: int, 
 
 
 def save_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, cfg: TrainConfig, extra: dict[str, Any]) -> None:
+    """The whole training state, with the configs and the dataset fingerprint a resume checks."""
     ckpt.save_atomic(
         {
             "model": state.model.state_dict(),
@@ -275,16 +287,41 @@ def save_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader
             "model_config": dataclasses.asdict(state.model.config),
             "model_name": model_name_of(state.model.config),
             "ema": state.ema.state_dict() if state.ema is not None else None,
+            "dataset_fingerprint": resume.dataset_fingerprint(cfg.data_path),
             **extra,
         },
         path,
     )
 
 
-def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, device: torch.device) -> None:
+def save_or_warn(path: Path, state: TrainState, loader: PuzzleLoader, cfg: TrainConfig, extra: dict[str, Any]) -> bool:
+    """Save a checkpoint; on a full disk (or quota) say where and carry on: the state stays in
+    memory and the next interval tries again. Other errors still stop the run."""
+    try:
+        save_training_checkpoint(path, state, loader, cfg, extra)
+        return True
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        logger.error("checkpoint %s not saved at step %d: %s; training continues, next try at the next checkpoint", path, state.step, err)
+        return False
+
+
+TRAINING_CHECKPOINT_KEYS = ("model", "optimizers", "step", "carry", "loader", "rng")
+
+
+def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoader, device: torch.device, cfg: TrainConfig | None = None) -> None:
+    """Load a checkpoint of this loop, refusing one of another run (configs, data) or another kind."""
     saved = ckpt.load(path, map_location=device)
+    if missing := [k for k in TRAINING_CHECKPOINT_KEYS if k not in saved]:
+        raise ValueError(f"{path}: not a training checkpoint of puzzle_hrm.train (missing {missing}); "
+                         "official weights are evaluated with python -m puzzle_hrm.evaluate, not resumed")
+    if cfg is not None:
+        resume.check_resumable(path, saved, dataclasses.asdict(cfg), dataclasses.asdict(state.model.config), resume.dataset_fingerprint(cfg.data_path))
+    if len(saved["optimizers"]) != len(state.optimizers):
+        raise ValueError(f"{path}: holds {len(saved['optimizers'])} optimizer states, the run has {len(state.optimizers)} optimizers")
     ckpt.load_model_weights(state.model, saved["model"], str(path))
-    for optimizer, opt_state in zip(state.optimizers, saved["optimizers"]):
+    for optimizer, opt_state in zip(state.optimizers, saved["optimizers"], strict=True):
         optimizer.load_state_dict(opt_state)
     state.step = saved["step"]
     state.carry = ckpt.carry_from_dict(saved["carry"], device, state.model.inner.carry_type)
@@ -297,21 +334,37 @@ def restore_training_checkpoint(path: Path, state: TrainState, loader: PuzzleLoa
     logger.info("resumed from %s at step %d", path, state.step)
 
 
+def stop_now(stop: StopRequest, step: int, cfg: TrainConfig, world_size: int, device: torch.device) -> bool:
+    """Whether to stop for a signal after this step; under DDP all ranks decide together at log steps."""
+    if world_size == 1:
+        return bool(stop)
+    return step % cfg.log_every == 0 and any_rank(bool(stop), device)
+
+
 def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, Any] | None = None,
         keep_predictions: Sequence[str] = ()) -> FitResult:
     """Train on cfg.data_path (official layout) and evaluate on its test split; the final evaluation
-    returns the `keep_predictions` fields per test row (see evaluate.PREDICTION_FIELDS)."""
+    returns the `keep_predictions` fields per test row (see evaluate.PREDICTION_FIELDS).
+    SIGINT / SIGTERM stop after the current step: checkpoint saved, TrainingInterrupted raised."""
+    with stop_on_signals() as stop:
+        return _fit(cfg, arch, checkpoint_extra or {}, keep_predictions, stop)
+
+
+def _fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, Any], keep_predictions: Sequence[str], stop: StopRequest) -> FitResult:
     rank, world_size = world()
     device = resolve_device(cfg.device)
     train_loader = PuzzleLoader(cfg.data_path, "train", cfg.global_batch_size, mode="train", seed=cfg.seed, epochs_per_iter=cfg.eval_interval, rank=rank, world_size=world_size)
     state = build_state(cfg, arch, train_loader.metadata, device)
     forward = compile_forward(state.model, cfg)
     ckpt_path = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+    if ckpt_path is not None:
+        resume.check_start(ckpt_path, cfg.resume)
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
-        restore_training_checkpoint(ckpt_path, state, train_loader, device)
+        restore_training_checkpoint(ckpt_path, state, train_loader, device, cfg)
+    # opened now: an unreadable test split is found before the training, not after it
+    test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
 
     def run_eval(keep: Sequence[str] = (), n_steps: int | None = None) -> dict:
-        test_loader = PuzzleLoader(cfg.data_path, "test", cfg.global_batch_size, mode="test", rank=rank, world_size=world_size)
         start = time.perf_counter()
         with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext():
             # the compiled module when compiling (eval mode gets its own graph), else the model itself
@@ -322,7 +375,11 @@ def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, A
     last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
     eval_every = max(1, official_total_steps(train_loader.metadata, cfg.eval_interval, cfg.global_batch_size))
     tracker = Tracker(cfg, total=last_step, initial=state.step, enabled=rank == 0)
-    result = FitResult(steps=state.step, train_seconds=0.0, warmup_seconds=0.0, train_examples=0, final_eval={})
+    result = FitResult(steps=state.step, train_seconds=0.0, warmup_seconds=0.0, train_examples=0, final_eval={},
+                       stop_reason="max_steps" if last_step < state.total_steps else "schedule")
+    if state.step >= last_step:
+        logger.info("checkpoint %s is at step %d, the last step of this run: nothing to train", ckpt_path, state.step)
+    start_step = saved_step = state.step  # the checkpoint on disk holds saved_step
     sums: dict[str, torch.Tensor] = {}
     window = 0
     state.model.train()
@@ -353,19 +410,25 @@ def fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, A
         if due_eval:
             result.evals.append(run_eval())
             tracker.log({f"eval/{k}": v for k, v in result.evals[-1].items() if isinstance(v, (int, float))}, state.step)
-        if due_ckpt and rank == 0:
-            save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
+        if due_ckpt and rank == 0 and save_or_warn(ckpt_path, state, train_loader, cfg, checkpoint_extra):
+            saved_step = state.step
         if cfg.max_train_seconds is not None and state.step % cfg.log_every == 0:
             out_of_time = any_rank(result.train_seconds >= cfg.max_train_seconds, device)  # all ranks stop together
+            result.stop_reason = "max_train_seconds" if out_of_time else result.stop_reason
+        if stop_now(stop, state.step, cfg, world_size, device):
+            tracker.close()
+            if ckpt_path and rank == 0:
+                save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra)
+            raise TrainingInterrupted(stop.signal_name or "a stop signal on another rank", state.step, ckpt_path)
     t0 = time.perf_counter()
     synchronize(device)  # work still queued belongs to the training time
     result.train_seconds += time.perf_counter() - t0
-    if ckpt_path and rank == 0:
-        save_training_checkpoint(ckpt_path, state, train_loader, cfg, checkpoint_extra or {})
+    if ckpt_path and rank == 0 and state.step != saved_step:
+        save_or_warn(ckpt_path, state, train_loader, cfg, checkpoint_extra)
     result.final_eval = run_eval(keep_predictions, cfg.test_time_steps)
     result.evals.append(result.final_eval)
     tracker.log({f"eval/{k}": v for k, v in result.final_eval.items() if isinstance(v, (int, float))}, state.step)
     tracker.close()
-    result.steps = state.step
+    result.steps, result.trained_steps = state.step, state.step - start_step
     result.model = state.model
     return result

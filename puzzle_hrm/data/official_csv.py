@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from types import UnionType
 from typing import Any, Self, get_args, get_origin
@@ -20,6 +21,7 @@ from typing import Any, Self, get_args, get_origin
 import numpy as np
 from huggingface_hub import hf_hub_download
 
+from puzzle_hrm.hub import from_hub
 from puzzle_hrm.data.format import (
     DatasetFormatError,
     DatasetMetadata,
@@ -61,26 +63,29 @@ def read_rows(
     """(sources, questions, answers, ratings) of a CSV after the checks that need no grid alphabet, so that
     each error names the file and 1-based data row; `rating_kind` words the rating error ("an integer")."""
     sources, questions, answers, ratings = [], [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise DatasetFormatError(f"{path}: header is {header}, expected {CSV_HEADER}")
-        for row, fields_ in enumerate(reader, start=1):
-            if len(fields_) != len(CSV_HEADER):
-                raise DatasetFormatError(f"{path}: row {row}: expected {len(CSV_HEADER)} columns, got {len(fields_)}")
-            source, question, answer, rating = fields_
-            for name, value in (("question", question), ("answer", answer)):
-                if len(value) != seq_len:
-                    raise DatasetFormatError(
-                        f"{path}: row {row}: {name} has {len(value)} characters, expected {seq_len}")
-            try:
-                ratings.append(parse_rating(rating))
-            except ValueError:
-                raise DatasetFormatError(f"{path}: row {row}: rating {rating!r} is not {rating_kind}") from None
-            sources.append(source)
-            questions.append(question)
-            answers.append(answer)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != CSV_HEADER:
+                raise DatasetFormatError(f"{path}: header is {header}, expected {CSV_HEADER}")
+            for row, fields_ in enumerate(reader, start=1):
+                if len(fields_) != len(CSV_HEADER):
+                    raise DatasetFormatError(f"{path}: row {row}: expected {len(CSV_HEADER)} columns, got {len(fields_)}")
+                source, question, answer, rating = fields_
+                for name, value in (("question", question), ("answer", answer)):
+                    if len(value) != seq_len:
+                        raise DatasetFormatError(
+                            f"{path}: row {row}: {name} has {len(value)} characters, expected {seq_len}")
+                try:
+                    ratings.append(parse_rating(rating))
+                except ValueError:
+                    raise DatasetFormatError(f"{path}: row {row}: rating {rating!r} is not {rating_kind}") from None
+                sources.append(source)
+                questions.append(question)
+                answers.append(answer)
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset {err.start})") from None
     return sources, questions, answers, ratings
 
 
@@ -97,6 +102,10 @@ def write_table(path: str | Path, table: OfficialTable, grid_strings: Callable[[
 # ----------------------------------------------------------------------------- sources
 
 
+def _download_csv(repo: str, split: str, local_files_only: bool) -> str:
+    return hf_hub_download(repo, f"{split}.csv", repo_type="dataset", local_files_only=local_files_only)
+
+
 def stage_source(
     source: str,
     output_dir: str,
@@ -110,7 +119,8 @@ def stage_source(
     <output_dir>/raw/ so the build can be repeated from them) or a folder of train/test.csv."""
     if source.startswith("hf://"):
         repo = source.removeprefix("hf://")
-        files = {split: Path(hf_hub_download(repo, f"{split}.csv", repo_type="dataset")) for split in SPLITS}
+        hint = f"copy the repo's {' and '.join(f'{s}.csv' for s in SPLITS)} to a folder and pass that folder as the source"
+        files = {split: from_hub(source, partial(_download_csv, repo, split), hint) for split in SPLITS}
         return files, {
             "source": source,
             "files": [f"{repo}/{split}.csv" for split in SPLITS],

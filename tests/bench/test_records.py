@@ -1,5 +1,8 @@
+import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,12 +13,14 @@ from hrm_bench.records import (
     RUN_COLUMNS,
     SCALING_COLUMNS,
     append_row,
+    check_writable,
     git_commit,
     markdown_table,
     now_utc_iso,
 )
 
 COLUMNS = ("date", "commit", "cuda", "steps", "mfu", "wall_s")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read(path) -> pd.DataFrame:
@@ -24,7 +29,8 @@ def read(path) -> pd.DataFrame:
 
 def test_column_contracts():
     assert RUN_COLUMNS[RUN_COLUMNS.index("torch") + 1] == "cuda"
-    assert len(RUN_COLUMNS) == 33 and len(set(RUN_COLUMNS)) == 33 and RUN_COLUMNS[-1] == "config"
+    assert len(RUN_COLUMNS) == 34 and len(set(RUN_COLUMNS)) == 34
+    assert RUN_COLUMNS[-2:] == ("config", "stop_reason")  # added last: older tables gain them empty
     assert SCALING_COLUMNS == PERF_COLUMNS + ("n_gpus", "scaling_efficiency")
     assert PERF_COLUMNS[:3] == ("date", "command", "commit") and PERF_COLUMNS[-1] == "warmup_s"
 
@@ -130,3 +136,30 @@ def test_now_utc_iso():
 def test_commit_override_wins_over_git(monkeypatch):
     monkeypatch.setenv("HRM_BENCH_COMMIT", "abc1234")  # a copied tree may carry a stale .git
     assert git_commit(".") == "abc1234"
+
+
+APPENDER = """
+import sys
+from hrm_bench.records import append_row
+for i in range(100):
+    append_row(sys.argv[1], {"commit": sys.argv[2], "steps": i}, ("commit", "steps"))
+"""
+
+
+def test_two_processes_appending_at_once_keep_every_row(tmp_path):
+    csv = tmp_path / "runs.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(csv), name], env=env) for name in ("a", "b")]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    table = read(csv)
+    assert len(table) == 200
+    for name in ("a", "b"):
+        assert sorted(table[table["commit"] == name]["steps"].astype(int)) == list(range(100))
+
+
+def test_an_unwritable_results_dir_is_named_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(OSError, match=f"{blocker / 'results'}: result rows cannot be written there"):
+        check_writable(blocker / "results")
+    assert check_writable(tmp_path / "new" / "results").is_dir()

@@ -32,7 +32,7 @@ def test_every_config_composes_and_plans_or_names_the_missing_gpu(suite, model, 
     if hardware in ("cpu", "auto"):
         plan = bench_run.plan_from_config(cfg, overrides=[])
         assert plan.profile.name == "cpu" and plan.arch.forward_dtype == "float32"
-        assert plan.train.max_train_seconds is not None  # the CPU tier is a bounded run
+        assert plan.train.max_steps is not None and plan.train.max_train_seconds is None  # a step budget: load-independent
         params = dict(plan.data)
         config_cls, _ = BUILDERS[params.pop("builder")]
         config_cls(**params)  # every data key is a real builder option
@@ -47,6 +47,34 @@ def test_command_line_keys_win_over_the_suite_tier_block():
     assert plan.arch.hidden_size == 48  # the cpu block says 64
     assert plan.train.max_steps == 7
     assert plan.arch.H_cycles == 2 and plan.train.global_batch_size == 64
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("++model.H_cycle=3", r"model.H_cycle: unknown key; valid keys of model: H_cycles, H_layers"),
+    ("model.H_cycles=abc", r"model.H_cycles: 'abc' is not int"),
+    ("seed=abc", r"seed: 'abc' is not int"),
+    ("++suite.train.lr=fast", r"suite.train.lr: 'fast' is not float"),
+    ("++suite.train.max_steps=abc", r"suite.train.max_steps: 'abc' is not int or null"),
+    ("++suite.train.nosuch=1", r"suite.train.nosuch: unknown key; valid keys of suite.train: beta1"),
+    ("++suite.data.nosuch=1", r"suite.data.nosuch: unknown key; valid keys of suite.data: box, check_unique"),
+    ("++suite.nosuch=1", r"suite.nosuch: unknown key; valid keys of suite: cpu, data"),
+    ("++nosuch=1", r"nosuch: unknown key; valid keys: checkpoint_root, results_dir, seed, variant"),
+    ("hardware.compile=maybe", r"hardware.compile: 'maybe' is not bool or null"),
+])
+def test_unknown_keys_and_wrong_types_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        bench_run.plan_from_config(compose_cfg([override]), overrides=[override])
+
+
+def test_run_directories_are_named_by_the_whole_configuration():
+    def directory(*overrides: str) -> str:
+        return bench_run.plan_from_config(compose_cfg(list(overrides)), overrides=list(overrides)).train.checkpoint_dir
+
+    default, variant = directory("seed=1"), directory("seed=1", "model.H_cycles=3", "variant=H3")
+    assert default.startswith("checkpoints/sudoku-hrm_v1-cpu-seed1-") and variant.startswith("checkpoints/sudoku-hrm_v1-cpu-seed1-")
+    assert default != variant and default != directory("seed=1", "++suite.train.lr=1e-4")
+    # run controls and labels name the same run: a longer budget continues it
+    assert default == directory("seed=1", "++suite.train.max_steps=4000", "++suite.train.resume=true", "variant=longer")
 
 
 def tiny_run(tmp_path, *overrides: str) -> dict:
@@ -78,6 +106,21 @@ def test_tiny_cpu_run_appends_a_complete_row(tmp_path):
     curves = json.loads(next((tmp_path / "results" / "test_time").glob("*.json")).read_text())
     assert len(curves["exact_accuracy_by_steps"]) == 5  # the run's halt_max_steps is 2; the curve goes on to 5
     assert curves["exact_accuracy_by_steps"][1] == row["exact_accuracy"] and curves["date"] == row["date"]
+
+
+def test_a_finished_run_is_not_recorded_twice_and_a_row_without_training_has_no_throughput(tmp_path, capsys):
+    small = ["suite.cpu.data.num_train=64", "suite.cpu.data.num_test=16", "++suite.train.max_steps=2", "++suite.train.log_every=1"]
+    first = tiny_run(tmp_path, *small)
+    again = tiny_run(tmp_path, *small, "++suite.train.resume=true")
+    assert again == first and "run already finished at step 2" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "results" / "runs.csv")) == 1
+    (row_file,) = (tmp_path / "ckpt").glob("*/row.json")
+    row_file.unlink()  # as if the evaluation had failed after the last checkpoint: evaluate and record, no training
+    evaluated = tiny_run(tmp_path, *small, "++suite.train.resume=true")
+    assert evaluated["steps"] == 2 and evaluated["train_examples_per_s"] is None and evaluated["tflops"] is None
+    assert evaluated["exact_accuracy"] == first["exact_accuracy"] and evaluated["stop_reason"] == "max_steps"
+    table = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert len(table) == 2 and table["train_examples_per_s"].isna().tolist() == [False, True]
 
 
 @pytest.mark.skipif(not DEFAULT_ARC_ARCHIVE.exists(), reason="ARC task archive not present")

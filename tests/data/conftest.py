@@ -16,7 +16,7 @@ class FakeHub:
     folder: Path
     calls: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def download(self, repo_id: str, filename: str, repo_type: str) -> str:
+    def download(self, repo_id: str, filename: str, repo_type: str, local_files_only: bool = False) -> str:
         self.calls.append((repo_id, filename, repo_type))
         return str(self.folder / filename)
 

@@ -113,3 +113,14 @@ def test_the_cache_on_disk_is_reused_and_gives_the_same_batches(setup, tmp_path)
     reopened.cache_states(backbone, str(tmp_path / "cache"))
     assert isinstance(reopened.cache.hidden, np.memmap)  # loaded from disk, not rebuilt
     assert torch.equal(reopened.cache.batch([0, 1]).hidden_states, in_memory.hidden_states)
+
+
+def test_resume_refuses_other_settings_and_a_plain_rerun_keeps_the_checkpoint(setup, tmp_path):
+    quiet = {"act": False, "eval_every": 100, "log_samples_every": 0}
+    trained(setup, tmp_path, 2, resume=False, **quiet)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="a checkpoint of an earlier run is there; pass resume=true"):
+        trained(setup, tmp_path, 1, resume=False, **quiet)
+    with pytest.raises(ValueError, match=r"train.lr: 0.001 -> 0.01\)"):
+        trained(setup, tmp_path, 4, resume=True, lr=1e-2, **quiet)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

@@ -70,10 +70,58 @@ def test_checkpoint_is_atomic_and_loads_weights_only(sudoku4, tmp_path):
         ckpt.load(tmp_path / "bad.pt")
 
 
-def test_resume_into_a_different_model_names_the_mismatch(sudoku4, tmp_path):
+def test_resume_refuses_another_configuration_naming_the_keys(sudoku4, tmp_path):
     fit(small_train(sudoku4, max_steps=2, checkpoint_dir=str(tmp_path)), small_arch())
-    with pytest.raises(ValueError, match="shape mismatches"):
-        fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path), resume=True), small_arch(hidden_size=64, puzzle_emb_ndim=64))
+    with pytest.raises(ValueError, match=r"model.H_cycles: 2 -> 3; model.hidden_size: 32 -> 64"):
+        fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path), resume=True), small_arch(hidden_size=64, H_cycles=3))
+    with pytest.raises(ValueError, match=r"train.lr: 0.001 -> 0.0001\)"):
+        fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path), resume=True, lr=1e-4), small_arch())
+    # run controls may change: a longer budget, another log interval
+    assert fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path), resume=True, log_every=1), small_arch()).trained_steps == 1
+
+
+def test_a_plain_rerun_never_replaces_an_existing_checkpoint(sudoku4, tmp_path):
+    fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path)), small_arch())
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match="pass resume=true to continue it"):
+        fit(small_train(sudoku4, max_steps=1, checkpoint_dir=str(tmp_path)), small_arch())
+    assert (tmp_path / "last.pt").read_bytes() == before
+    finished = fit(small_train(sudoku4, max_steps=3, checkpoint_dir=str(tmp_path), resume=True), small_arch())
+    assert finished.trained_steps == 0 and finished.steps == 3 and finished.train_examples == 0
+    assert (tmp_path / "last.pt").read_bytes() == before  # nothing trained, nothing re-saved
+
+
+def test_resume_refuses_what_is_not_a_training_checkpoint(sudoku4, tmp_path):
+    run = fit(small_train(sudoku4, max_steps=1, checkpoint_dir=str(tmp_path)), small_arch())
+    saved = ckpt.load(tmp_path / "last.pt")
+    ckpt.save_atomic(ckpt.to_official_state_dict(run.model), tmp_path / "last.pt")  # a bare (official) state dict
+    with pytest.raises(ValueError, match=r"not a training checkpoint .*missing \['model', 'optimizers'"):
+        fit(small_train(sudoku4, max_steps=2, checkpoint_dir=str(tmp_path), resume=True), small_arch())
+    ckpt.save_atomic({k: v for k, v in saved.items() if k != "loader"}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"missing \['loader'\]"):
+        fit(small_train(sudoku4, max_steps=2, checkpoint_dir=str(tmp_path), resume=True), small_arch())
+    ckpt.save_atomic({**saved, "optimizers": saved["optimizers"][:1]}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="holds 1 optimizer states, the run has 2"):
+        fit(small_train(sudoku4, max_steps=2, checkpoint_dir=str(tmp_path), resume=True), small_arch())
+
+
+def test_full_disk_at_a_checkpoint_keeps_training_and_orphans_are_cleaned(sudoku4, tmp_path, monkeypatch, caplog):
+    orphan = tmp_path / ".last.pt.abc123.tmp"  # what a killed write leaves
+    orphan.write_bytes(b"partial")
+    real_save, calls = torch.save, []
+
+    def full_disk_once(obj, f):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", full_disk_once)
+    result = fit(small_train(sudoku4, max_steps=4, checkpoint_dir=str(tmp_path), checkpoint_every=2), small_arch())
+    assert result.steps == 4 and len(calls) == 2  # step 2 failed, step 4 (the end) saved
+    assert "not saved at step 2" in caplog.text and str(tmp_path / "last.pt") in caplog.text
+    assert ckpt.load(tmp_path / "last.pt")["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # orphan and failed temp file gone
 
 
 def _ddp_worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> None:
