@@ -28,7 +28,7 @@ from puzzle_hrm.data.format import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-PASSED_ON = ("hardware", "results_dir", "checkpoint_root")  # top-level keys every run of the sweep shares
+PASSED_ON = ("hardware", "results_dir", "checkpoint_root")  # top-level keys every run of the sweep shares (hardware with its settings)
 
 
 @dataclass
@@ -69,10 +69,16 @@ def plan_from_config(cfg: DictConfig) -> SweepPlan:
         base_overrides=per_base,
         variants={label: [*spec, *extra.get(label, [])] for label, spec in suite["variants"].items()},
         profile_name=profile.name,
-        shared=[f"{key}={cfg[key] if key != 'hardware' else cfg.hardware.profile}" for key in PASSED_ON],
+        shared=shared_overrides(cfg),
         results_dir=Path(cfg.results_dir),
         checkpoint_root=Path(cfg.checkpoint_root),
     )
+
+
+def shared_overrides(cfg: DictConfig) -> list[str]:
+    """The sweep command's own hardware choice and output folders, for every run of it."""
+    hardware = [f"hardware.{key}={cfg.hardware[key]}" for key in ("compile", "attn_backend") if cfg.hardware.get(key) is not None]
+    return [f"hardware={cfg.hardware.profile}", *hardware, *(f"{key}={cfg[key]}" for key in PASSED_ON if key != "hardware")]
 
 
 def last_per_key(overrides: list[str]) -> list[str]:
@@ -106,10 +112,10 @@ def table(plan: SweepPlan, base: str, rows: list[dict]) -> str:
         f"# {plan.name} on {base}: {metric} over seeds\n\n"
         f"Made by `{stamp['command']}` at commit {stamp['commit']} on {stamp['date']}; device {first['device']} "
         f"({first['hardware']}), torch {first['torch']}; seeds {list(plan.seeds)}; {len(rows)} rows in results/runs.csv "
-        f"(suite={plan.name}). Every variant trains on the same data with the same batch and step budget "
+        f"(suite={plan.name}). Every variant trains on the base suite's data (unless its overrides change the data) with the same batch and step budget "
         f"(steps per row: {sorted({r['steps'] for r in rows})}). Std is the sample standard deviation over seeds.\n\n"
         + f"Every run: `{' '.join(plan.common + plan.base_overrides[base]) or '(the base suite as it is)'}`; the variants:\n\n"
-        + "\n".join(f"- {label}: `{' '.join(overrides) or '(none)'}`" for label, overrides in plan.variants.items())
+        + "\n".join(f"- {label}: `{' '.join(last_per_key(overrides)).replace('{base}', base) or '(none)'}`" for label, overrides in plan.variants.items())
     )
     report.plot(summary, metric, plan.results_dir / f"{plan.name}-{base}-{plan.profile_name}.png",
                 f"{plan.name} on {base} ({first['hardware']}): {metric}, mean ± std over {len(plan.seeds)} seeds")
