@@ -283,6 +283,22 @@ def data_section() -> list[str]:
     return lines + [""]
 
 
+REPRODUCE = """## Adding runs
+
+On one GPU each (the hardware profile picks the official recipe; `++suite.train.max_train_seconds=S` caps
+a run, `++suite.train.resume=true` continues it), then regenerate this file. Each run appends its row to
+results/runs.csv and writes results/evals/<run>.csv and results/test_time/<run>.json (copy all three back
+when `results_dir` points elsewhere):
+
+    python -m hrm_bench.run suite=sudoku seed=0        # Sudoku-Extreme-like stand-in; test-time curve to 64 outer steps
+    python -m hrm_bench.run suite=sudoku seed=1
+    python -m hrm_bench.run suite=sudoku_hard          # the hard tdoku lists, for the earlier rows
+    python -m hrm_bench.run suite=maze                 # generated Maze-Hard stand-in
+    python -m hrm_bench.run suite=arc1                 # ARC-AGI-1: pass@k under both rules, vs voting variants
+    python -m hrm_bench.report                         # this file and its plots
+"""
+
+
 def write_report(results_dir: Path) -> Path:
     """results/REPORT.md and results/report/*.png from the committed results."""
     runs = pd.read_csv(results_dir / "runs.csv")
@@ -308,6 +324,7 @@ def write_report(results_dir: Path) -> Path:
         "## Throughput per hardware profile", "", "| suite | hardware | train examples/s (mean) | rows |", "|---|---|---|---|",
         *[f"| {r.suite} | {r.hardware} | {r.mean:,.0f} | {r.count} |" for r in throughput.itertuples()],
         "", "At fixed shapes, eager vs compiled: results/perf.md (rows in results/perf.csv).", "", "![throughput](report/throughput.png)", "",
+        REPRODUCE,
     ]
     path = results_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(lines))

@@ -298,6 +298,8 @@ def print_summary(plan: RunPlan, row: dict, result: FitResult, submission: Path 
         f"steps={row['steps']} wall={row['wall_s']:.1f}s train={row['train_examples_per_s'] or 0:.1f} examples/s",
         f"exact_accuracy={row['exact_accuracy']:.4f} token_accuracy={row['token_accuracy']:.4f} "
         f"mean_halt_steps={row['mean_halt_steps']:.2f} halt histogram={result.final_eval['halt_step_histogram']}",
+        "exact accuracy after outer step k = 1, 2, ..: " + " ".join(f"{a:.4f}" for a in result.final_eval["exact_accuracy_by_steps"]),
+        "Q-policy capped at k: " + " ".join(f"{a:.4f}" for a in result.final_eval["policy_exact_accuracy_by_steps"]),
     ]
     if scores := [f"{key}={row[key]:.4f}" for key in SUITE_SCORES if row.get(key) is not None]:
         lines.append(" ".join(scores))
