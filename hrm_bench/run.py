@@ -236,13 +236,15 @@ def print_locations(plan: RunPlan) -> None:
           f"data: {Path(plan.data.get('output_dir', '?')).resolve()}", flush=True)
 
 
-def finished_run(plan: RunPlan, train_cfg: TrainConfig, metadata: DatasetMetadata) -> dict | None:
-    """With resume, the row of a run that already reached its last step (appending it now if only
-    its fallback copy was written); None when there is training left to do."""
+def finished_run(plan: RunPlan, train_cfg: TrainConfig, metadata: DatasetMetadata, rank: int) -> dict | None:
+    """With resume, the row of a run that already reached its last step (rank 0 appends it now if
+    only its fallback copy was written); None when there is training left to do."""
     saved = rundirs.saved_row(train_cfg.checkpoint_dir) if train_cfg.resume else None
     if saved is None or saved["row"].get("steps") != planned_steps(train_cfg, metadata)[1]:
         return None
     row, csv_path = saved["row"], plan.results_dir / "runs.csv"
+    if rank != 0:
+        return row
     if saved["recorded_in"] is None:
         rundirs.record_row(csv_path, row, train_cfg.checkpoint_dir, RUNS_HEADER)
         print(f"run already finished at step {row['steps']}; its saved row ({row['date']}) is now appended to {csv_path}")
@@ -263,7 +265,7 @@ def run(plan: RunPlan) -> dict | None:
         dist.barrier()
     train_cfg = dataclasses.replace(plan.train, data_path=str(data_dir))
     metadata = DatasetMetadata.from_json(data_dir / "train" / "dataset.json")
-    if (finished := finished_run(plan, train_cfg, metadata)) is not None:
+    if (finished := finished_run(plan, train_cfg, metadata, rank)) is not None:
         return finished if rank == 0 else None
     logger.info("suite=%s model=%s hardware=%s data=%s", plan.suite, plan.model_name, plan.profile.name, data_dir)
     builder = plan.data["builder"]
