@@ -1,18 +1,23 @@
-"""The frozen LLM: its last hidden states *before* the final norm, and its own norm + LM head.
+"""The frozen LLM: its hidden states at a cut, the layers above the cut, and its own norm + LM head.
 
-The HRM's injectors act on the last hidden states before the LLM's final norm (issue 5), so
-everything upstream of that point is fixed: its states can be cached and the KV cache reused
-while decoding. `Backbone` exposes exactly that cut: `hidden_states` (pre-norm, captured by a
-forward pre-hook on the final norm, so the model's own forward code runs unchanged) and
-`logits` (the model's final norm, LM head and, for Gemma 2/3, its logit soft-capping).
+The HRM's injectors act on the residual stream at a cut: by default the last hidden states
+before the LLM's final norm, or the output of decoder layer k (`inject_depth`), so that the
+frozen layers above k read the signal. Everything below the cut is fixed: its states can be
+cached. `Backbone` exposes the cut: `hidden_states` (pre-norm last states, captured by a forward
+pre-hook on the final norm, or layer k's output, captured by a forward hook on that layer, so the
+model's own forward code runs unchanged), `top_states` (the layers above k, run by the model's own
+forward over a shortened layer list, from states at k), `injected_at` (a hook that conditions
+layer k's output on every forward, for decoding) and `logits` (the model's final norm, LM head
+and, for Gemma 2/3, its logit soft-capping).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +55,7 @@ class Backbone:
     tokenizer: PreTrainedTokenizerBase  # pad token always set; padding is done explicitly, never by side
     final_norm: nn.Module
     lm_head: nn.Module
+    layers_owner: nn.Module  # the module whose `layers` (ModuleList) are the decoder layers
     hidden_size: int
     vocab_size: int  # rows of the LM head (may exceed len(tokenizer))
     logit_softcap: float | None = None  # Gemma 2/3: logits = cap * tanh(logits / cap)
@@ -70,6 +76,10 @@ class Backbone:
             final_norm = model.get_submodule(FINAL_NORM_PATHS[model_type])
         except AttributeError as e:
             raise ValueError(f"{type(model).__name__} has no final norm at {FINAL_NORM_PATHS[model_type]!r}") from e
+        norm_parent, _ = FINAL_NORM_PATHS[model_type].rsplit(".", 1)
+        layers_owner = model.get_submodule(norm_parent)
+        if not isinstance(getattr(layers_owner, "layers", None), nn.ModuleList):
+            raise ValueError(f"{type(model).__name__} has no decoder layers at {norm_parent + '.layers'!r}")
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError("tokenizer has neither a pad nor an EOS token to pad with")
@@ -81,6 +91,7 @@ class Backbone:
             tokenizer=tokenizer,
             final_norm=final_norm,
             lm_head=lm_head,
+            layers_owner=layers_owner,
             hidden_size=model.config.hidden_size,
             vocab_size=lm_head.weight.shape[0],
             logit_softcap=getattr(model.config, "final_logit_softcapping", None),
@@ -100,6 +111,18 @@ class Backbone:
         return self.model.config.max_position_embeddings
 
     @property
+    def num_layers(self) -> int:
+        return len(self.layers_owner.layers)
+
+    def layer_at(self, depth: float) -> int | None:
+        """The decoder layer whose output a cut at `depth` (fraction of the layers, in (0, 1])
+        conditions: round(depth * layers) - 1, at least 0; None at 1.0, the states before the final norm."""
+        if not 0.0 < depth <= 1.0:
+            raise ValueError(f"inject_depth must be in (0, 1] (a fraction of the {self.num_layers} layers), got {depth}")
+        layer = max(round(depth * self.num_layers) - 1, 0)
+        return None if depth == 1.0 or layer == self.num_layers - 1 else layer
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """Every id that ends a generation: the tokenizer's EOS and the generation config's."""
         ids = {self.tokenizer.eos_token_id}
@@ -114,14 +137,19 @@ class Backbone:
         position_ids: Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        layer: int | None = None,
     ) -> tuple[Tensor, Any]:
-        """Last hidden states BEFORE the final norm (B, T, D), and the KV cache (None unless use_cache).
+        """Last hidden states BEFORE the final norm (B, T, D), or with `layer` the output of that
+        decoder layer; and the KV cache (None unless use_cache).
 
         Runs only the base model (no LM head over the vocabulary). Grad mode is the caller's: the
         frozen weights build no graph by themselves, and adapters added later (LoRA) still train.
         """
         captured: list[Tensor] = []
-        handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        if layer is None:
+            handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        else:
+            handle = self.layers_owner.layers[layer].register_forward_hook(lambda _module, _args, out: captured.append(_first(out)))
         try:
             out = self.model.base_model(
                 input_ids=input_ids,
@@ -133,8 +161,48 @@ class Backbone:
         finally:
             handle.remove()
         if len(captured) != 1:
-            raise RuntimeError(f"expected the final norm to run once per forward, it ran {len(captured)} times")
+            raise RuntimeError(f"expected the captured module to run once per forward, it ran {len(captured)} times")
         return captured[0], (out.past_key_values if use_cache else None)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """The model's input embeddings of `input_ids` (the oracle reads the answer's)."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+        """The pre-norm last states (B, T, D) from `hidden`, the output of decoder layer `layer`
+        (B, T, D), through the layers above it: the model's own forward (masks, rotary positions)
+        over its layers layer+1.. only, differentiable in `hidden`. Rows are right-padded, so the
+        positions are 0..T-1, as in the pass that produced `hidden`."""
+        layers = self.layers_owner.layers
+        if not 0 <= layer < len(layers) - 1:
+            raise ValueError(f"layer must be in [0, {len(layers) - 2}] (a layer with layers above it), got {layer}")
+        captured: list[Tensor] = []
+        handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        self.layers_owner.layers = layers[layer + 1 :]
+        try:
+            self.model.base_model(inputs_embeds=hidden.to(self.dtype), attention_mask=attention_mask, use_cache=False)
+        finally:
+            self.layers_owner.layers = layers
+            handle.remove()
+        return captured[0]
+
+    @contextmanager
+    def injected_at(self, layer: int | None, condition: Callable[[Tensor], Tensor] | None) -> Iterator[None]:
+        """While open, every forward passes the output of decoder `layer` through `condition`
+        (the prompt pass and each decoded token alike). A no-op when either is None."""
+        if layer is None or condition is None:
+            yield
+            return
+
+        def hook(_module: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = condition(_first(out)).to(_first(out).dtype)
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        handle = self.layers_owner.layers[layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The LLM's own output layer on (possibly conditioned) pre-norm states: float32 (..., V)."""
@@ -142,6 +210,11 @@ class Backbone:
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
+
+
+def _first(out: Any) -> Tensor:
+    """A decoder layer's hidden states, whether it returns them alone or first in a tuple."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def load_backbone(name_or_path: str, *, gguf_file: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:

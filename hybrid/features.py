@@ -1,7 +1,7 @@
 """Feature cache: the frozen LLM's pre-norm last hidden states, computed once per example.
 
-Why: the injectors act after the LLM's last layer, so for a fixed (prompt, target) example those
-states never change while the controller trains (issue 5's speed lever). Cache them once, then
+Why: the injectors act at a fixed cut of the frozen LLM (after its last layer, or after layer k),
+so for a fixed (prompt, target) example the states there never change while the controller trains (issue 5's speed lever). Cache them once, then
 train without running the LLM.
 
 Layout: examples are ragged. The attended tokens of example i are rows offsets[i]:offsets[i+1]
@@ -10,7 +10,7 @@ of `hidden` (tokens, D), `input_ids` and `labels`; `prompt_lengths` has one entr
 memory-mapped, and `index.json`, which names the arrays and is written last and atomically, so a
 reader never follows it to a half-written build.
 
-Fingerprint: a digest of the backbone (architecture config and weights) and one of the tokens
+Fingerprint: a digest of the backbone (architecture config, weights and the cut) and one of the tokens
 (ids, labels, prompt lengths of every example, in order). Together they are exactly what the
 cached states depend on, so a cache built from another model, tokenizer, prompt format or task
 set is refused with an error that says which.
@@ -72,23 +72,24 @@ class FeatureCache:
         return len(self.prompt_lengths)
 
     @classmethod
-    def build(cls, backbone: Backbone, batches: Sequence[Batch], dtype: str = "float32") -> FeatureCache:
+    def build(cls, backbone: Backbone, batches: Sequence[Batch], dtype: str = "float32", layer: int | None = None) -> FeatureCache:
         """Run the backbone once over the collator's (right-padded) batches; the cache's example i
-        is the i-th row over all batches."""
+        is the i-th row over all batches. layer: cache that decoder layer's output (None: the
+        pre-norm last states)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         parts = []
         with torch.no_grad():
             for batch in batches:
                 mask = batch["attention_mask"].to(backbone.device)
-                hidden, _ = backbone.hidden_states(batch["input_ids"].to(backbone.device), mask)
+                hidden, _ = backbone.hidden_states(batch["input_ids"].to(backbone.device), mask, layer=layer)
                 parts.append(hidden[mask.bool()].float().cpu().numpy())  # (attended tokens, D), row-major
         hidden = np.concatenate(parts)
         if not (np.abs(hidden) <= np.finfo(dtype).max).all():
             raise ValueError(f"hidden states are non-finite or do not fit in {dtype} (max |h| = {np.abs(hidden).max()})")
         hidden = hidden.astype(dtype)
         tokens = token_arrays(batches)
-        return cls(hidden, tokens, fingerprint(backbone, tokens), backbone.tokenizer.pad_token_id)
+        return cls(hidden, tokens, fingerprint(backbone, tokens, layer), backbone.tokenizer.pad_token_id)
 
     def batch(self, indices: Sequence[int] | Tensor) -> FeatureBatch:
         """Examples `indices`, padded on the right to their longest."""
@@ -163,11 +164,13 @@ def token_arrays(batches: Sequence[Batch]) -> dict[str, np.ndarray]:
     }
 
 
-def fingerprint(backbone: Backbone, tokens: Mapping[str, np.ndarray]) -> Fingerprint:
-    """Digests of what the cached states depend on: the backbone's config and weights, and the tokens."""
+def fingerprint(backbone: Backbone, tokens: Mapping[str, np.ndarray], layer: int | None = None) -> Fingerprint:
+    """Digests of what the cached states depend on: the backbone's config, weights and cut, and the tokens."""
     model = backbone.model
     config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     weights = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=16)
+    if layer is not None:  # the pre-norm cut keeps the digest of caches built before cuts existed
+        weights.update(f"layer:{layer}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         weights.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
@@ -177,11 +180,11 @@ def fingerprint(backbone: Backbone, tokens: Mapping[str, np.ndarray]) -> Fingerp
     return {"backbone": weights.hexdigest(), "tokens": token_digest.hexdigest()}
 
 
-def open_or_build(directory: str | Path, backbone: Backbone, batches: Sequence[Batch], dtype: str = "float32") -> FeatureCache:
-    """The cache at `directory` for these batches and this backbone: loaded if there, else built
-    and saved. A cache there from anything else is an error, never silently replaced."""
+def open_or_build(directory: str | Path, backbone: Backbone, batches: Sequence[Batch], dtype: str = "float32", layer: int | None = None) -> FeatureCache:
+    """The cache at `directory` for these batches, this backbone and cut: loaded if there, else
+    built and saved. A cache there from anything else is an error, never silently replaced."""
     if (Path(directory) / INDEX).is_file():
-        return FeatureCache.load(directory, fingerprint(backbone, token_arrays(batches)))
-    cache = FeatureCache.build(backbone, batches, dtype)
+        return FeatureCache.load(directory, fingerprint(backbone, token_arrays(batches), layer))
+    cache = FeatureCache.build(backbone, batches, dtype, layer)
     cache.save(directory)
     return cache

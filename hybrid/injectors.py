@@ -1,7 +1,9 @@
 """The two bridges between the frozen LLM and the HRM controller (issue 5).
 
-In: `PromptBridge` pools the prompt region of the LLM's last hidden states (before its final
-norm) into the controller's input x (B, d_h).
+In: `PromptBridge` pools the prompt region of the LLM's states at the cut (before its final norm,
+or after layer k) into the controller's input x (B, d_h); `TokenBridge` instead projects the
+last W prompt token states, one input slot each (B, W, d_h); `AnswerBridge` is the oracle's:
+the gold answer's token embeddings, read from the teacher-forced input ids.
 Out: an injector conditions those same token states on z_H (B, d_h), before the LLM's own final
 norm and LM head: `GRB` (gated residual bias) or `CAB` (cross-attention bridge to m memory
 tokens); `VocabBias` optionally adds a gated bias straight to the logits.
@@ -45,10 +47,8 @@ class PromptBridge(nn.Module):
         mask = attention_mask.bool()
         prompt_lengths = torch.as_tensor(prompt_lengths, device=hidden.device).view(-1, 1)  # (B, 1)
         attended = mask.cumsum(1)  # (B, T): attended tokens up to and including each position
-        if (prompt_lengths < 1).any() or (prompt_lengths > attended[:, -1:]).any():
-            raise ValueError(f"prompt_lengths {prompt_lengths.view(-1).tolist()} must lie in [1, attended tokens {attended[:, -1].tolist()}]")
         in_prompt = mask & (attended <= prompt_lengths)
-        last = (mask & (attended == prompt_lengths)).int().argmax(1)  # (B,) position of the last prompt token
+        last = last_prompt_position(attention_mask, prompt_lengths)
         running = torch.where(in_prompt.unsqueeze(-1), hidden.float(), 0.0).cumsum(1)  # (B, T, D)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return running[rows, last] / prompt_lengths, hidden[rows, last].float()
@@ -58,6 +58,59 @@ class PromptBridge(nn.Module):
         mean, last = self.pool(hidden, attention_mask, prompt_lengths)
         pooled = torch.cat((rms_norm(mean, self.eps), rms_norm(last, self.eps)), dim=-1)  # (B, 2D)
         return self.proj(self.mix(pooled))
+
+
+class TokenBridge(nn.Module):
+    """x = proj(RMS-normalised state) of each of the last `tokens` prompt tokens (B, W, d_h).
+
+    A fixed window ending at the last prompt token: the operands of a short question sit there
+    (behind the chat template's fixed head), and the window needs no padding mask, so left-padded
+    decoding and right-padded training see exactly the same slots."""
+
+    def __init__(self, hidden_size: int, d_h: int, tokens: int, eps: float) -> None:
+        super().__init__()
+        self.tokens, self.eps = tokens, eps
+        self.proj = CastedLinear(hidden_size, d_h, bias=False)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor) -> Tensor:
+        if (torch.as_tensor(prompt_lengths) < self.tokens).any():
+            raise ValueError(f"input_tokens={self.tokens} exceeds a prompt of {int(torch.as_tensor(prompt_lengths).min())} tokens")
+        window = last_prompt_position(attention_mask, prompt_lengths).view(-1, 1) + torch.arange(1 - self.tokens, 1, device=hidden.device)  # (B, W)
+        states = hidden.float().gather(1, window.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, W, D)
+        return self.proj(rms_norm(states, self.eps))
+
+
+ORACLE_ANSWER_TOKENS = 8  # answer tokens the oracle reads (EOS and padding after a shorter answer)
+
+
+class AnswerBridge(nn.Module):
+    """The oracle's input: x = proj(RMS-normalised input embeddings of the first answer tokens),
+    read from the teacher-forced input ids right after each row's prompt. It is handed the answer,
+    so it bounds what the injection path can do with a perfect controller."""
+
+    def __init__(self, hidden_size: int, d_h: int, eps: float, embed: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.eps = eps
+        self.embed = embed  # the frozen LLM's input embedding (a bound method: not registered, not trained)
+        self.proj = CastedLinear(ORACLE_ANSWER_TOKENS * hidden_size, d_h, bias=False)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, input_ids: Tensor) -> Tensor:
+        start = last_prompt_position(attention_mask, prompt_lengths) + 1  # (B,)
+        positions = start.view(-1, 1) + torch.arange(ORACLE_ANSWER_TOKENS, device=hidden.device)  # (B, A)
+        inside = positions < input_ids.shape[1]
+        ids = input_ids.gather(1, positions.clamp_max(input_ids.shape[1] - 1))
+        attended = attention_mask.gather(1, positions.clamp_max(input_ids.shape[1] - 1)).bool() & inside
+        embedded = torch.where(attended.unsqueeze(-1), rms_norm(self.embed(ids).float(), self.eps), 0.0)  # (B, A, D)
+        return self.proj(embedded.flatten(1))
+
+
+def last_prompt_position(attention_mask: Tensor, prompt_lengths: Tensor) -> Tensor:
+    """(B,) position of each row's last prompt token: its `prompt_length`-th attended token (left or right padding)."""
+    attended = attention_mask.bool().cumsum(1)  # (B, T)
+    prompt_lengths = torch.as_tensor(prompt_lengths, device=attention_mask.device).view(-1, 1)
+    if (prompt_lengths < 1).any() or (prompt_lengths > attended[:, -1:]).any():
+        raise ValueError(f"prompt_lengths {prompt_lengths.view(-1).tolist()} must lie in [1, attended tokens {attended[:, -1].tolist()}]")
+    return (attention_mask.bool() & (attended == prompt_lengths)).int().argmax(1)
 
 
 class Injector(nn.Module):
@@ -127,6 +180,15 @@ class VocabBias(nn.Module):
 
     def forward(self, z_H: Tensor) -> Tensor:
         return torch.sigmoid(self.gate) * self.proj(z_H)
+
+
+def build_bridge(config: HybridConfig, hidden_size: int, embed: Callable[[Tensor], Tensor]) -> nn.Module:
+    """The controller's input: the oracle's answer embedding, the last input_tokens states, or the pooled prompt."""
+    if config.controller == "oracle":
+        return AnswerBridge(hidden_size, config.d_h, config.rms_norm_eps, embed)
+    if config.input_tokens:
+        return TokenBridge(hidden_size, config.d_h, config.input_tokens, config.rms_norm_eps)
+    return PromptBridge(hidden_size, config.d_h, config.rms_norm_eps)
 
 
 def build_injector(config: HybridConfig, hidden_size: int) -> Injector:
