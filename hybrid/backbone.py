@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -168,23 +169,43 @@ class Backbone:
         """The model's input embeddings of `input_ids` (the oracle reads the answer's)."""
         return self.model.get_input_embeddings()(input_ids)
 
-    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
-        """The pre-norm last states (B, T, D) from `hidden`, the output of decoder layer `layer`
-        (B, T, D), through the layers above it: the model's own forward (masks, rotary positions)
-        over its layers layer+1.. only, differentiable in `hidden`. Rows are right-padded, so the
-        positions are 0..T-1, as in the pass that produced `hidden`."""
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int, prefix_kv: Tensor | None = None, prefix_mask: Tensor | None = None) -> Tensor:
+        """The pre-norm last states (B, S, D) from `hidden` (B, S, D), the output of decoder layer
+        `layer`, through the layers above it: the model's own forward (masks, rotary positions)
+        over its layers layer+1.. only, differentiable in `hidden`.
+
+        Without a prefix the rows are whole right-padded sequences (positions 0..S-1, as in the
+        pass that produced `hidden`). With one they continue a prefix: prefix_kv (B, layers above,
+        2, KV heads, Lp, head dim) are those layers' keys and values of the tokens before, left-
+        padded as prefix_mask (B, Lp) says (`upper_kv`); `hidden` is right-padded after them. Only
+        the continuation is then computed: the prefix is the same at every training step."""
         layers = self.layers_owner.layers
         if not 0 <= layer < len(layers) - 1:
             raise ValueError(f"layer must be in [0, {len(layers) - 2}] (a layer with layers above it), got {layer}")
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+        if prefix_kv is not None and prefix_kv.shape[-2] > 0:
+            if prefix_kv.shape[1] != len(layers) - layer - 1:
+                raise ValueError(f"prefix_kv holds {prefix_kv.shape[1]} layers, the model has {len(layers) - layer - 1} above layer {layer}")
+            kv = prefix_kv.to(self.dtype)
+            upper = [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
+            cache = DynamicCache(ddp_cache_data=[upper[0]] * (layer + 1) + upper)  # layers below only size the mask: they do not run
+            position = prefix_mask.sum(1, keepdim=True) + torch.arange(hidden.shape[1], device=hidden.device)
+            kwargs = {"attention_mask": torch.cat((prefix_mask, attention_mask), 1), "position_ids": position, "cache": cache, "use_cache": True}
         captured: list[Tensor] = []
         handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
         self.layers_owner.layers = layers[layer + 1 :]
         try:
-            self.model.base_model(inputs_embeds=hidden.to(self.dtype), attention_mask=attention_mask, use_cache=False)
+            self.model.base_model(inputs_embeds=hidden.to(self.dtype), **kwargs)
         finally:
             self.layers_owner.layers = layers
             handle.remove()
         return captured[0]
+
+    def upper_kv(self, cache: Any, layer: int) -> Tensor:
+        """The keys and values of the layers above `layer` in a forward's KV cache, per token:
+        (B, T, layers above, 2, KV heads, head dim)."""
+        kv = torch.stack([torch.stack((cache.layers[i].keys, cache.layers[i].values)) for i in range(layer + 1, self.num_layers)])  # (L, 2, B, H, T, hd)
+        return kv.permute(2, 4, 0, 1, 3, 5)
 
     @contextmanager
     def injected_at(self, layer: int | None, condition: Callable[[Tensor], Tensor] | None) -> Iterator[None]:

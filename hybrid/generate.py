@@ -6,8 +6,9 @@ runs once, then one token per step. `condition` maps the pre-norm state of each 
 from the last prompt position); `logit_bias` (B, V) is added to the logits every step. The
 controller runs once per prompt, outside `generate` (z_H depends on the prompt only), and its
 callable sees every row, in order, at every step. With `condition_layer` k the condition instead
-takes the output of decoder layer k on every forward (the prompt pass and each new token, through
-Backbone.injected_at), as in training: the prompt's KV above k is then the conditioned one.
+takes the output of decoder layer k at the newest position of every forward (the prompt's last
+token in the prompt pass, then each new token; through Backbone.injected_at): the positions
+training conditions (hybrid.model), so the prompt's context above k stays the LLM's own.
 `use_cache=False` is the slow reference decode
 that recomputes the whole context each step.
 """
@@ -144,7 +145,7 @@ def generate(
     """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
     _check_inputs(backbone, input_ids, attention_mask, config, logit_bias)
     if condition_layer is not None:
-        with backbone.injected_at(condition_layer, condition):
+        with backbone.injected_at(condition_layer, lambda hidden: torch.cat((hidden[:, :-1], condition(hidden[:, -1:])), 1)):
             return generate(backbone, input_ids, attention_mask, config, logit_bias=logit_bias, use_cache=use_cache)
     generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
     eos_ids = torch.tensor(backbone.eos_token_ids, device=input_ids.device)

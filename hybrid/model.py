@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from hybrid.config import HybridConfig
 from hybrid.controller import SegmentOutput, build_controller, halting_segments
-from hybrid.injectors import AnswerBridge, VocabBias, build_bridge, build_injector
+from hybrid.injectors import AnswerBridge, VocabBias, build_bridge, build_injector, last_prompt_position
 from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from puzzle_hrm.losses import get_loss_fn
 from puzzle_hrm.model import q_continue_target
@@ -104,23 +104,25 @@ class HybridLM(nn.Module):
         n_segments: int | None = None,
         positions: Tensor | None = None,
         input_ids: Tensor | None = None,
+        prefix_kv: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
     ) -> list[HybridSegment]:
         """Each segment's logits on the LLM's states at the cut (B, T, D), conditioned on its z_H.
 
         positions (B, T) bool: compute logits only there, as (N, V) in row-major order. Training
         needs only the states that predict a target token, and the LM head over the vocabulary
         is most of a cached step's cost. After the last layer injectors are position-wise, so
-        selecting before injecting is exact; after layer k every position is injected and the
-        top layers run over the whole sequence, then the positions are selected. All segments go
+        selecting before injecting is exact. After layer k the states from the last prompt token
+        on are injected (the tokens before it are the prompt's own context, so their keys and
+        values above k stay the LLM's) and the top layers run, then the positions are selected;
+        with the cached prefix_kv / prefix_mask (FeatureBatch) they run over those states only,
+        else over the whole sequence. All segments go
         through the top layers and the LM head together: one pass over their weights (the LM
         head's V x D is the largest matrix here) instead of one per segment, forward and backward.
         """
         outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments, input_ids))
         if self.layer is not None:
-            injected = torch.cat([self.injector(hidden_states, out.z_H) for out in outputs])  # (M·B, T, D)
-            top = self.head.top_states(injected, attention_mask.repeat(len(outputs), 1), self.layer)
-            rows = None if positions is None else positions.nonzero()[:, 0]
-            hidden = top if positions is None else torch.cat([part[positions] for part in top.chunk(len(outputs))]).unsqueeze(1)
+            rows, hidden = self._top_layers(outputs, hidden_states, attention_mask, prompt_lengths, positions, prefix_kv, prefix_mask)
         elif positions is None:
             rows = None
             hidden = torch.cat([self.injector(hidden_states, out.z_H) for out in outputs])
@@ -136,6 +138,29 @@ class HybridLM(nn.Module):
                 logits = logits + (bias if rows is None else bias.index_select(0, rows)).unsqueeze(1)  # backward: index_add, not a scatter
             segments.append(HybridSegment(logits if rows is None else logits[:, 0], out.z_H, out.q_halt_logits, out.q_continue_logits))
         return segments
+
+    def _top_layers(self, outputs: list[SegmentOutput], hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, positions: Tensor | None, prefix_kv: Tensor | None, prefix_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """After layer k: (rows (N,), the pre-norm last states (M·N, 1, D) at `positions`, segment-major)."""
+        if positions is None:
+            raise ValueError("with inject_depth < 1 logits are computed at the answer positions only: pass positions")
+        M, (B, T) = len(outputs), attention_mask.shape
+        start = last_prompt_position(attention_mask, prompt_lengths).view(-1, 1)  # (B, 1): the first injected position
+        if prefix_kv is None:  # the whole sequence through the top layers (the reference for the cached prefix)
+            from_start = (torch.arange(T, device=hidden.device) >= start).unsqueeze(-1)
+            injected = torch.cat([torch.where(from_start, self.injector(hidden, out.z_H), hidden) for out in outputs])
+            top = self.head.top_states(injected, attention_mask.repeat(M, 1), self.layer)
+            selected = positions
+        else:  # from the last prompt token on, after the cached prefix
+            span = int((attention_mask.sum(1, keepdim=True) - start).max())
+            index = (start + torch.arange(span, device=hidden.device)).clamp_max(T - 1)  # (B, S)
+            span_mask = attention_mask.gather(1, index) * (start + torch.arange(span, device=hidden.device) < T)
+            states = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            injected = torch.cat([self.injector(states, out.z_H) for out in outputs])
+            top = self.head.top_states(injected, span_mask.repeat(M, 1), self.layer, prefix_kv.repeat(M, *[1] * (prefix_kv.ndim - 1)), prefix_mask.repeat(M, 1))
+            selected = positions.gather(1, index) & span_mask.bool()
+            if int(selected.sum()) != int(positions.sum()):
+                raise ValueError("positions before the last prompt token: the cached prefix does not cover them")
+        return selected.nonzero()[:, 0], torch.cat([part[selected] for part in top.chunk(M)]).unsqueeze(1)
 
     def conditioning(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Conditioning:
         """z_H from the prompt's states; with use_act each row keeps the z_H of the segment its
