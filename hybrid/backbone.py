@@ -289,9 +289,12 @@ def tiny_backbone(
     chat_template: bool = True,
     dtype: torch.dtype = torch.float32,
     vocab_size: int | None = None,
+    initializer_range: float = 0.02,
 ) -> Backbone:
     """A tiny random Llama with a character tokenizer, built in code: for tests and CPU smoke runs.
-    `vocab_size` > the tokenizer's gives the LM head a real LLM's share of the work (unused rows)."""
+    `vocab_size` > the tokenizer's gives the LM head a real LLM's share of the work (unused rows).
+    A larger `initializer_range` gives logits a trained model's spread (the default's are ~0.2
+    wide, so no conditioning can drive the CE far down: capacity tests need more)."""
     tokenizer = char_tokenizer(chat_template)
     if vocab_size is not None and vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
@@ -303,6 +306,7 @@ def tiny_backbone(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_positions,
+        initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

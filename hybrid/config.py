@@ -46,6 +46,7 @@ class HybridConfig:
     grb_gate_init: float = -2.0  # sigmoid(-2) ≈ 0.12 of the bias at step 0
     cab_gate_init: float = -1.5
     cab_mem_tokens: int = 4  # memory tokens z_H is projected into (m >= 1)
+    relative_injection: bool = False  # scale the injected delta by each state's RMS: the gate is then its share of the stream
     logit_bias_head: bool = True  # gated vocab bias: logits += sigmoid(gate) · W(z_H)
     logit_bias_init: float = -2.0
 

@@ -113,3 +113,17 @@ def test_the_cache_on_disk_is_reused_and_gives_the_same_batches(setup, tmp_path)
     reopened.cache_states(backbone, str(tmp_path / "cache"))
     assert isinstance(reopened.cache.hidden, np.memmap)  # loaded from disk, not rebuilt
     assert torch.equal(reopened.cache.batch([0, 1]).hidden_states, in_memory.hidden_states)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(inject_depth=0.5, input_tokens=2, logit_bias_head=False)])
+def test_the_optimizer_holds_every_trainable_parameter_once_with_the_configs_lr_and_wd(setup, overrides):
+    from hybrid.train import build_optimizer
+
+    backbone, data, config = setup
+    model = HybridTrainable(tiny_config(**overrides), backbone, data.collator)
+    optimizer = build_optimizer(model, replace(config, lr=2e-3, weight_decay=0.05))
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(held) == len({id(p) for p in held})
+    assert {id(p) for p in held} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not {id(p) for p in held} & {id(p) for p in backbone.model.parameters()}
+    assert all(g["lr"] == 2e-3 and g["weight_decay"] == 0.05 and g["betas"] == config.betas for g in optimizer.param_groups)

@@ -145,3 +145,15 @@ def test_the_oracle_reads_the_answer_and_refuses_to_decode(backbone):
         model(*args)
     with pytest.raises(ValueError, match="cannot condition decoding"):
         model.conditioning(*args)
+
+
+@pytest.mark.parametrize("kind", ["grb", "cab"])
+def test_relative_injection_is_the_gates_share_of_the_stream_at_any_scale(kind):
+    from hybrid.injectors import build_injector
+
+    torch.manual_seed(0)
+    injector = build_injector(tiny_config(injector=kind, relative_injection=True), 16)
+    hidden, z_H = torch.randn(2, 3, 16), torch.randn(2, 32)
+    with torch.no_grad():
+        small, large = injector(hidden, z_H) - hidden, injector(30 * hidden, z_H) - 30 * hidden
+    torch.testing.assert_close(large, 30 * small, rtol=1e-4, atol=1e-5)  # CAB's queries see the normalised state
