@@ -31,6 +31,7 @@ class HybridConfig:
 
     # Controller and its input (ablations and variants; the defaults are the prototype's)
     controller: str = "hrm"  # "hrm" | "mlp" / "transformer": H_layers + L_layers plain blocks run once | "oracle": the gold answer's embeddings
+    centered_input: bool = False  # pooled input standardised over the training questions (BatchNorm, no gain) instead of RMS-normalised
     input_tokens: int = 0  # 0: one pooled prompt vector (prototype); W: the last W prompt token states, the HRM attends over them
     one_step_grad: bool = True  # HRM's one-step gradient; False: backpropagate through every L-update of a segment
     detach_segments: bool = True  # deep supervision; False: backpropagate through all earlier segments too

@@ -30,11 +30,18 @@ class PromptBridge(nn.Module):
     Deviation: both pooled vectors are RMS-normalised first (no gain). Pre-norm states carry the
     residual stream's scale, large and model-specific; the LLM itself normalises them before its
     head, and the controller's input then starts at unit scale like its states.
+
+    centered: standardise each pooled feature over the training questions instead (BatchNorm
+    without gain: batch statistics in training, running ones in evaluation and decoding). The
+    prompts share the chat template, so RMS-normalised pooled vectors differ between questions
+    by ~2.5 % of their norm (SmolLM2, hrm_bench.hybrid_diagnose), and the controller learns to
+    ignore that sliver: its z_H ends the same for every question.
     """
 
-    def __init__(self, hidden_size: int, d_h: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, d_h: int, eps: float, centered: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.standardise = nn.BatchNorm1d(2 * hidden_size, eps=eps, affine=False) if centered else None
         self.mix = CastedLinear(2 * hidden_size, hidden_size, bias=False)
         self.proj = CastedLinear(hidden_size, d_h, bias=False)
 
@@ -56,6 +63,8 @@ class PromptBridge(nn.Module):
     def forward(self, hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor) -> Tensor:
         """(B, T, D) LLM states → x (B, d_h)."""
         mean, last = self.pool(hidden, attention_mask, prompt_lengths)
+        if self.standardise is not None:
+            return self.proj(self.mix(self.standardise(torch.cat((mean, last), dim=-1))))
         pooled = torch.cat((rms_norm(mean, self.eps), rms_norm(last, self.eps)), dim=-1)  # (B, 2D)
         return self.proj(self.mix(pooled))
 
@@ -197,7 +206,7 @@ def build_bridge(config: HybridConfig, hidden_size: int, embed: Callable[[Tensor
         return AnswerBridge(hidden_size, config.d_h, config.rms_norm_eps, embed)
     if config.input_tokens:
         return TokenBridge(hidden_size, config.d_h, config.input_tokens, config.rms_norm_eps)
-    return PromptBridge(hidden_size, config.d_h, config.rms_norm_eps)
+    return PromptBridge(hidden_size, config.d_h, config.rms_norm_eps, config.centered_input)
 
 
 def build_injector(config: HybridConfig, hidden_size: int) -> Injector:

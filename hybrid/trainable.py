@@ -57,6 +57,15 @@ class HybridTrainable(nn.Module):
 
     @torch.no_grad()
     def answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
+        """In eval mode (a centered bridge then uses its running statistics, not the batch's), restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self._answer(examples, decode, generator)
+        finally:
+            self.train(was_training)
+
+    def _answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
         prompts = self.collator.prompts(examples)
         ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
         hidden, _ = self.backbone.hidden_states(ids, mask, position_ids(mask), layer=self.lm.layer)

@@ -157,3 +157,20 @@ def test_relative_injection_is_the_gates_share_of_the_stream_at_any_scale(kind):
     with torch.no_grad():
         small, large = injector(hidden, z_H) - hidden, injector(30 * hidden, z_H) - 30 * hidden
     torch.testing.assert_close(large, 30 * small, rtol=1e-4, atol=1e-5)  # CAB's queries see the normalised state
+
+
+def test_centered_bridge_uses_batch_statistics_in_training_and_running_ones_for_decoding():
+    from hybrid.injectors import PromptBridge
+
+    torch.manual_seed(0)
+    bridge = PromptBridge(8, 4, eps=1e-5, centered=True)
+    hidden = torch.randn(6, 5, 8) + 3.0  # a large shared component, as a chat template gives
+    mask, plen = torch.ones(6, 5, dtype=torch.long), torch.full((6,), 4)
+    for _ in range(200):
+        bridge(hidden, mask, plen)
+    mean, last = bridge.pool(hidden, mask, plen)
+    pooled = torch.cat((mean, last), -1)
+    torch.testing.assert_close(bridge.standardise.running_mean, pooled.mean(0), rtol=1e-3, atol=1e-3)
+    bridge.eval()
+    alone = bridge(hidden[:1], mask[:1], plen[:1])
+    torch.testing.assert_close(alone, bridge(hidden, mask, plen)[:1], rtol=0, atol=1e-6)
