@@ -52,9 +52,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {  # HybridConfig settings beyond the sui
     "hrm_cab_rel": {"injector": "cab", "logit_bias_head": False, "relative_injection": True},
     "mlp_cab_rel": {"injector": "cab", "logit_bias_head": False, "controller": "mlp", "relative_injection": True},
     "hrm_cab_centered": {"injector": "cab", "logit_bias_head": False, "centered_input": True},
-    "hrm_cab_rel_centered": {"injector": "cab", "logit_bias_head": False, "relative_injection": True, "centered_input": True},
     "hrm_grb_rel_centered": {"injector": "grb", "logit_bias_head": False, "relative_injection": True, "centered_input": True},
-    "hrm_grb_mid_rel_centered": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
     "hrm_cab_mid_rel_centered": {"injector": "cab", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
 }
 VARIANTS = {**HRM_VARIANTS, **ABLATIONS}

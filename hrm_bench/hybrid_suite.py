@@ -47,6 +47,9 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
     "hrm_grb_mid": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5},
     "hrm_cab_mid": {"injector": "cab", "logit_bias_head": False, "inject_depth": 0.5},
     "hrm_tokens_grb_mid": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "input_tokens": 16},
+    # the diagnosis' two levers (results/hybrid-diagnosis.md): delta at the stream's scale, input standardised over the questions
+    "hrm_cab_rel_centered": {"injector": "cab", "logit_bias_head": False, "relative_injection": True, "centered_input": True},
+    "hrm_grb_mid_rel_centered": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
 }
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")
