@@ -47,8 +47,8 @@ class LogitHead(Protocol):
     def layer_at(self, depth: float) -> int | None:  # the decoder layer a cut at `depth` conditions; None: after the last
         ...
 
-    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int) -> Tensor:  # layers above `layer`, differentiable
-        ...
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int, prefix_kv: Tensor | None = None, prefix_mask: Tensor | None = None) -> Tensor:
+        ...  # the layers above `layer`, differentiable in `hidden`, optionally after a cached prefix
 
     def embed(self, input_ids: Tensor) -> Tensor:  # input embeddings (the oracle's)
         ...
@@ -116,9 +116,9 @@ class HybridLM(nn.Module):
         on are injected (the tokens before it are the prompt's own context, so their keys and
         values above k stay the LLM's) and the top layers run, then the positions are selected;
         with the cached prefix_kv / prefix_mask (FeatureBatch) they run over those states only,
-        else over the whole sequence. All segments go
-        through the top layers and the LM head together: one pass over their weights (the LM
-        head's V x D is the largest matrix here) instead of one per segment, forward and backward.
+        else over the whole sequence. All segments go through the top layers and the LM head
+        together: one pass over their weights (the LM head's V x D is the largest matrix here)
+        instead of one per segment, forward and backward.
         """
         outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments, input_ids))
         if self.layer is not None:
@@ -143,7 +143,7 @@ class HybridLM(nn.Module):
         """After layer k: (rows (N,), the pre-norm last states (M·N, 1, D) at `positions`, segment-major)."""
         if positions is None:
             raise ValueError("with inject_depth < 1 logits are computed at the answer positions only: pass positions")
-        M, (B, T) = len(outputs), attention_mask.shape
+        M, T = len(outputs), attention_mask.shape[1]
         start = last_prompt_position(attention_mask, prompt_lengths).view(-1, 1)  # (B, 1): the first injected position
         if prefix_kv is None:  # the whole sequence through the top layers (the reference for the cached prefix)
             from_start = (torch.arange(T, device=hidden.device) >= start).unsqueeze(-1)
