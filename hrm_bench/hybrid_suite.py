@@ -45,6 +45,13 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
     "hrm_grb_vocab": {"injector": "grb", "logit_bias_head": True},
     "hrm_cab_vocab": {"injector": "cab", "logit_bias_head": True},
     "hrm_grb_act": {"injector": "grb", "logit_bias_head": False, "use_act": True},
+    # injected after half the LLM's layers, so its frozen top half reads the signal (the rows above: after the last layer, the baseline)
+    "hrm_grb_mid": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5},
+    "hrm_cab_mid": {"injector": "cab", "logit_bias_head": False, "inject_depth": 0.5},
+    "hrm_tokens_grb_mid": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "input_tokens": 16},
+    # the diagnosis' two levers (results/hybrid-diagnosis.md): delta at the stream's scale, input standardised over the questions
+    "hrm_cab_rel_centered": {"injector": "cab", "logit_bias_head": False, "relative_injection": True, "centered_input": True},
+    "hrm_grb_mid_rel_centered": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
 }
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")
@@ -61,6 +68,7 @@ class SuitePlan:
     train: HybridTrainConfig
     model: dict[str, Any]  # HybridConfig fields shared by the HRM variants
     variant_train: dict[str, dict[str, Any]]  # per-variant HybridTrainConfig overrides
+    eval_segments: tuple[int, ...]  # extra evaluations of each trained HRM variant at these segment counts, one row each
     profile: HardwareProfile
     seed: int
     results_dir: Path
@@ -71,7 +79,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     """The suite with its cpu:/gpu: block merged in; command-line `suite.<section>.<key>=` keys win."""
     from hrm_bench.run import check_top_level  # the keys every suite shares (seed, paths, hardware)
 
-    top = check_top_level(cfg, SUITE_KEYS, ("train", "model", "variant_train"))
+    top = check_top_level(cfg, SUITE_KEYS, ("train", "model", "variant_train", "eval_segments"))
     profile = detect_profile(top["hardware.profile"])
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     tier = "cpu" if profile.device == "cpu" else "gpu"
@@ -81,6 +89,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
         path = override.lstrip("+~").split("=", 1)[0].split(".")
         if len(path) == 3 and path[0] == "suite" and path[1] in sections:
             sections[path[1]][path[2]] = OmegaConf.to_container(cfg.suite[path[1]], resolve=True)[path[2]]
+    keys = {override.lstrip("+~").split("=", 1)[0] for override in overrides}  # command-line keys win over the tier block
     unknown = sorted(set(suite["variants"]) - set(VARIANTS))
     if unknown:
         raise ValueError(f"suite.variants: unknown hybrid variants {unknown}; choose from {list(VARIANTS)}")
@@ -97,6 +106,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
         train=train,
         model=sections["model"],
         variant_train=sections["variant_train"],
+        eval_segments=tuple((suite.get("eval_segments") if "suite.eval_segments" in keys else block.get("eval_segments", suite.get("eval_segments"))) or ()),
         profile=profile,
         seed=top["seed"],
         results_dir=Path(top["results_dir"]),
@@ -104,7 +114,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     )
 
 
-SUITE_KEYS = ("kind", "name", "backbone", "backbone_dtype", "variants", "few_shot", "train", "model", "variant_train", "cpu", "gpu")
+SUITE_KEYS = ("kind", "name", "backbone", "backbone_dtype", "variants", "few_shot", "eval_segments", "train", "model", "variant_train", "cpu", "gpu")
 
 
 def variant_train(plan: SuitePlan, variant: str) -> HybridTrainConfig:
@@ -160,12 +170,14 @@ def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
     return {"hardware": profile.name, "device": profile.device_name, "n_gpus": profile.n_gpus, "torch": profile.torch, "cuda": profile.cuda}
 
 
-def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> dict[str, Any]:
-    """Train (if it trains) and evaluate one variant: its result row."""
+def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> list[dict[str, Any]]:
+    """Train (if it trains) and evaluate one variant: its result row, then for a trained HRM variant
+    one row per `eval_segments` count ("<variant>@seg<n>": the same weights thinking longer or shorter)."""
     train = variant_train(plan, variant)
     start = time.perf_counter()
     peak = metrics.PeakMemory(plan.profile.device)
     peak.reset()  # per variant on a GPU; on CPU the process's peak so far
+    trainable = None
     if variant in LLM_ONLY:
         shots = plan.few_shot if variant == "llm_few_shot" else 0
         final, _ = evaluate(llm_only(backbone, data, shots, plan.seed), data, train)
@@ -175,6 +187,17 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         result = fit(trainable, data, train)
         final, steps, examples_per_s = result.final_eval, result.steps, result.train_examples_per_s
         params = sum(p.numel() for p in trainable.parameters())
+    row = result_row(plan, variant, final, params, steps, time.perf_counter() - start, examples_per_s, peak.gib())
+    rows = [row]
+    if isinstance(trainable, HybridTrainable):
+        for n in plan.eval_segments:
+            trainable.lm.config.eval_segments = n
+            swept, _ = evaluate(trainable.answer, data, train)
+            rows.append(result_row(plan, f"{variant}@seg{n}", swept, params, steps, row["wall_s"], examples_per_s, peak.gib()))
+    return rows
+
+
+def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: int, steps: int, wall_s: float, examples_per_s: float | None, peak_gib: float) -> dict[str, Any]:
     return {
         **records.run_stamp("hrm_bench.run", REPO_ROOT),
         "suite": "hybrid",
@@ -186,9 +209,9 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         **hardware_columns(plan.profile),
         "params": params,
         "steps": steps,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": wall_s,
         "train_examples_per_s": examples_per_s,
-        "peak_mem_gib": peak.gib(),
+        "peak_mem_gib": peak_gib,
         "mean_halt_steps": final.get("mean_segments"),  # HRM segments the answers came from
         "verifier_accuracy": final["verifier_accuracy"],
         "decode_tokens_per_s": final["decode_tokens_per_s"],
@@ -211,7 +234,8 @@ def comparison_table(plan: SuitePlan, rows: list[dict[str, Any]], cache_s: float
         f"- backbone: {plan.backbone} ({str(plan.backbone_dtype).removeprefix('torch.')}); device: {plan.profile.device_name} ({plan.profile.name}), torch {plan.profile.torch}; seed {plan.seed}",
         f"- tasks: {', '.join(tasks)}; {train.train_n} train examples per task, {train.eval_n} held-out eval questions in all (the same for every variant); greedy decoding, at most {train.max_new_tokens} new tokens",
         f"- training: batch {train.batch_size}, lr {train.lr}, AdamW {train.betas} wd {train.weight_decay}, clip {train.grad_clip}; steps per variant in the table; HRM controller {plan.model}",
-        f"- feature cache (the LLM's states for the HRM variants, built once, not in their wall s): {cache_s:.0f} s" if cache_s is not None else "- no feature cache was needed",
+        f"- feature cache (the LLM's states at each injection cut for the HRM variants, built once per cut, not in their wall s): {cache_s:.0f} s" if cache_s is not None else "- no feature cache was needed",
+        "- `_mid` variants inject after half the LLM's layers (its frozen top half reads the signal); the others after its last layer (the baseline); `<variant>@seg<n>`: the same trained weights decoded with n segments",
         "- peak mem: on a GPU torch's peak allocation during the variant; on CPU the process's peak RSS so far (cumulative, in run order)",
         f"- verifier accuracy counts full marks only; mean segments: HRM segments the answers came from (eval_segments {HybridConfig(**plan.model).eval_segments}, fewer where the ACT q-head halts); "
         f"decode tok/s: tokens generated over the wall time of answering the held-out set (prompt pass, HRM, decoding; batches of {train.eval_batch_size})",
@@ -243,16 +267,22 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
     rows, cache_s = [], None
     for variant in plan.variants:
         logger.info("hybrid suite: variant %s", variant)
-        if variant in HRM_VARIANTS and data.cache is None:
+        if variant in HRM_VARIANTS:  # each cut's cache is built once, before the variant's clock starts
             tick = time.perf_counter()
-            data.cache_states(backbone, plan.train.cache_dir)
-            cache_s = time.perf_counter() - tick
+            cuts = len(data.caches)
+            data.cache_states(backbone, plan.train.cache_dir, layer=backbone.layer_at(hrm_config(plan, variant).inject_depth))
+            cache_s = (cache_s or 0.0) + (time.perf_counter() - tick if len(data.caches) > cuts else 0.0)
         output_dir = variant_train(plan, variant).output_dir
-        if (row := finished_variant(plan, variant, output_dir)) is None:
-            row = run_variant(plan, variant, backbone, data)
-            rundirs.record_row(plan.results_dir / "runs.csv", row, output_dir, RUNS_HEADER)
-        rows.append(row)
-        logger.info("hybrid suite: %s verifier_accuracy=%.3f (%s)", variant, row["verifier_accuracy"], row["_per_task"])
+        if (row := finished_variant(plan, variant, output_dir)) is not None:
+            variant_rows = [row]
+        else:
+            variant_rows = run_variant(plan, variant, backbone, data)
+            rundirs.record_row(plan.results_dir / "runs.csv", variant_rows[0], output_dir, RUNS_HEADER)
+            for extra in variant_rows[1:]:  # <variant>@seg<n>: the same weights decoded with n segments
+                records.append_row(plan.results_dir / "runs.csv", {k: v for k, v in extra.items() if not k.startswith("_")}, records.RUN_COLUMNS, RUNS_HEADER)
+        for row in variant_rows:
+            rows.append(row)
+            logger.info("hybrid suite: %s verifier_accuracy=%.3f (%s)", row["variant"], row["verifier_accuracy"], row["_per_task"])
     atomic_write_text(plan.results_dir / f"hybrid-{plan.profile.name}.md", f"# Hybrid comparison (`python -m hrm_bench.run suite=hybrid`)\n\n{comparison_table(plan, rows, cache_s)}")
     return rows
 

@@ -1,24 +1,30 @@
-"""The frozen LLM: its last hidden states *before* the final norm, and its own norm + LM head.
+"""The frozen LLM: its hidden states at a cut, the layers above the cut, and its own norm + LM head.
 
-The HRM's injectors act on the last hidden states before the LLM's final norm (issue 5), so
-everything upstream of that point is fixed: its states can be cached and the KV cache reused
-while decoding. `Backbone` exposes exactly that cut: `hidden_states` (pre-norm, captured by a
-forward pre-hook on the final norm, so the model's own forward code runs unchanged) and
-`logits` (the model's final norm, LM head and, for Gemma 2/3, its logit soft-capping).
+The HRM's injectors act on the residual stream at a cut: by default the last hidden states
+before the LLM's final norm, or the output of decoder layer k (`inject_depth`), so that the
+frozen layers above k read the signal. Everything below the cut is fixed: its states can be
+cached. `Backbone` exposes the cut: `hidden_states` (pre-norm last states, captured by a forward
+pre-hook on the final norm, or layer k's output, captured by a forward hook on that layer, so the
+model's own forward code runs unchanged), `top_states` (the layers above k, run by the model's own
+forward over a shortened layer list, from states at k), `injected_at` (a hook that conditions
+layer k's output on every forward, for decoding) and `logits` (the model's final norm, LM head
+and, for Gemma 2/3, its logit soft-capping).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -50,6 +56,7 @@ class Backbone:
     tokenizer: PreTrainedTokenizerBase  # pad token always set; padding is done explicitly, never by side
     final_norm: nn.Module
     lm_head: nn.Module
+    layers_owner: nn.Module  # the module whose `layers` (ModuleList) are the decoder layers
     hidden_size: int
     vocab_size: int  # rows of the LM head (may exceed len(tokenizer))
     logit_softcap: float | None = None  # Gemma 2/3: logits = cap * tanh(logits / cap)
@@ -70,6 +77,10 @@ class Backbone:
             final_norm = model.get_submodule(FINAL_NORM_PATHS[model_type])
         except AttributeError as e:
             raise ValueError(f"{type(model).__name__} has no final norm at {FINAL_NORM_PATHS[model_type]!r}") from e
+        norm_parent, _ = FINAL_NORM_PATHS[model_type].rsplit(".", 1)
+        layers_owner = model.get_submodule(norm_parent)
+        if not isinstance(getattr(layers_owner, "layers", None), nn.ModuleList):
+            raise ValueError(f"{type(model).__name__} has no decoder layers at {norm_parent + '.layers'!r}")
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError("tokenizer has neither a pad nor an EOS token to pad with")
@@ -81,6 +92,7 @@ class Backbone:
             tokenizer=tokenizer,
             final_norm=final_norm,
             lm_head=lm_head,
+            layers_owner=layers_owner,
             hidden_size=model.config.hidden_size,
             vocab_size=lm_head.weight.shape[0],
             logit_softcap=getattr(model.config, "final_logit_softcapping", None),
@@ -100,6 +112,18 @@ class Backbone:
         return self.model.config.max_position_embeddings
 
     @property
+    def num_layers(self) -> int:
+        return len(self.layers_owner.layers)
+
+    def layer_at(self, depth: float) -> int | None:
+        """The decoder layer whose output a cut at `depth` (fraction of the layers, in (0, 1])
+        conditions: round(depth * layers) - 1, at least 0; None at 1.0, the states before the final norm."""
+        if not 0.0 < depth <= 1.0:
+            raise ValueError(f"inject_depth must be in (0, 1] (a fraction of the {self.num_layers} layers), got {depth}")
+        layer = max(round(depth * self.num_layers) - 1, 0)
+        return None if depth == 1.0 or layer == self.num_layers - 1 else layer
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """Every id that ends a generation: the tokenizer's EOS and the generation config's."""
         ids = {self.tokenizer.eos_token_id}
@@ -114,14 +138,19 @@ class Backbone:
         position_ids: Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        layer: int | None = None,
     ) -> tuple[Tensor, Any]:
-        """Last hidden states BEFORE the final norm (B, T, D), and the KV cache (None unless use_cache).
+        """Last hidden states BEFORE the final norm (B, T, D), or with `layer` the output of that
+        decoder layer; and the KV cache (None unless use_cache).
 
         Runs only the base model (no LM head over the vocabulary). Grad mode is the caller's: the
         frozen weights build no graph by themselves, and adapters added later (LoRA) still train.
         """
         captured: list[Tensor] = []
-        handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        if layer is None:
+            handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        else:
+            handle = self.layers_owner.layers[layer].register_forward_hook(lambda _module, _args, out: captured.append(_first(out)))
         try:
             out = self.model.base_model(
                 input_ids=input_ids,
@@ -133,8 +162,68 @@ class Backbone:
         finally:
             handle.remove()
         if len(captured) != 1:
-            raise RuntimeError(f"expected the final norm to run once per forward, it ran {len(captured)} times")
+            raise RuntimeError(f"expected the captured module to run once per forward, it ran {len(captured)} times")
         return captured[0], (out.past_key_values if use_cache else None)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """The model's input embeddings of `input_ids` (the oracle reads the answer's)."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int, prefix_kv: Tensor | None = None, prefix_mask: Tensor | None = None) -> Tensor:
+        """The pre-norm last states (B, S, D) from `hidden` (B, S, D), the output of decoder layer
+        `layer`, through the layers above it: the model's own forward (masks, rotary positions)
+        over its layers layer+1.. only, differentiable in `hidden`.
+
+        Without a prefix the rows are whole right-padded sequences (positions 0..S-1, as in the
+        pass that produced `hidden`). With one they continue a prefix: prefix_kv (B, layers above,
+        2, KV heads, Lp, head dim) are those layers' keys and values of the tokens before, left-
+        padded as prefix_mask (B, Lp) says (`upper_kv`); `hidden` is right-padded after them. Only
+        the continuation is then computed: the prefix is the same at every training step."""
+        layers = self.layers_owner.layers
+        if not 0 <= layer < len(layers) - 1:
+            raise ValueError(f"layer must be in [0, {len(layers) - 2}] (a layer with layers above it), got {layer}")
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+        if prefix_kv is not None and prefix_kv.shape[-2] > 0:
+            if prefix_kv.shape[1] != len(layers) - layer - 1:
+                raise ValueError(f"prefix_kv holds {prefix_kv.shape[1]} layers, the model has {len(layers) - layer - 1} above layer {layer}")
+            kv = prefix_kv.to(self.dtype)
+            upper = [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
+            cache = DynamicCache(ddp_cache_data=[upper[0]] * (layer + 1) + upper)  # layers below only size the mask: they do not run
+            position = prefix_mask.sum(1, keepdim=True) + torch.arange(hidden.shape[1], device=hidden.device)
+            kwargs = {"attention_mask": torch.cat((prefix_mask, attention_mask), 1), "position_ids": position, "cache": cache, "use_cache": True}
+        captured: list[Tensor] = []
+        handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        self.layers_owner.layers = layers[layer + 1 :]
+        try:
+            self.model.base_model(inputs_embeds=hidden.to(self.dtype), **kwargs)
+        finally:
+            self.layers_owner.layers = layers
+            handle.remove()
+        return captured[0]
+
+    def upper_kv(self, cache: Any, layer: int) -> Tensor:
+        """The keys and values of the layers above `layer` in a forward's KV cache, per token:
+        (B, T, layers above, 2, KV heads, head dim)."""
+        kv = torch.stack([torch.stack((cache.layers[i].keys, cache.layers[i].values)) for i in range(layer + 1, self.num_layers)])  # (L, 2, B, H, T, hd)
+        return kv.permute(2, 4, 0, 1, 3, 5)
+
+    @contextmanager
+    def injected_at(self, layer: int | None, condition: Callable[[Tensor], Tensor] | None) -> Iterator[None]:
+        """While open, every forward passes the output of decoder `layer` through `condition`
+        (the prompt pass and each decoded token alike). A no-op when either is None."""
+        if layer is None or condition is None:
+            yield
+            return
+
+        def hook(_module: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = condition(_first(out)).to(_first(out).dtype)
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        handle = self.layers_owner.layers[layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The LLM's own output layer on (possibly conditioned) pre-norm states: float32 (..., V)."""
@@ -142,6 +231,11 @@ class Backbone:
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
+
+
+def _first(out: Any) -> Tensor:
+    """A decoder layer's hidden states, whether it returns them alone or first in a tuple."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def load_backbone(name_or_path: str, *, gguf_file: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
@@ -195,9 +289,12 @@ def tiny_backbone(
     chat_template: bool = True,
     dtype: torch.dtype = torch.float32,
     vocab_size: int | None = None,
+    initializer_range: float = 0.02,
 ) -> Backbone:
     """A tiny random Llama with a character tokenizer, built in code: for tests and CPU smoke runs.
-    `vocab_size` > the tokenizer's gives the LM head a real LLM's share of the work (unused rows)."""
+    `vocab_size` > the tokenizer's gives the LM head a real LLM's share of the work (unused rows).
+    A larger `initializer_range` gives logits a trained model's spread (the default's are ~0.2
+    wide, so no conditioning can drive the CE far down: capacity tests need more)."""
     tokenizer = char_tokenizer(chat_template)
     if vocab_size is not None and vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
@@ -209,6 +306,7 @@ def tiny_backbone(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_positions,
+        initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

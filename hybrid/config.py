@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from puzzle_hrm.config import swiglu_intermediate_size
 
 INJECTORS = ("grb", "cab")
+CONTROLLERS = ("hrm", "mlp", "transformer", "oracle")
 LOSSES = ("softmax", "stablemax")
 
 
@@ -28,6 +29,14 @@ class HybridConfig:
     rms_norm_eps: float = 1e-5  # official HRM
     attn_backend: str = "sdpa"  # puzzle_hrm attention backend; flash-attn would need half precision
 
+    # Controller and its input (ablations and variants; the defaults are the prototype's)
+    controller: str = "hrm"  # "hrm" | "mlp" / "transformer": H_layers + L_layers plain blocks run once | "oracle": the gold answer's embeddings
+    centered_input: bool = False  # pooled input standardised over the training questions (BatchNorm, no gain) instead of RMS-normalised
+    input_tokens: int = 0  # 0: one pooled prompt vector (prototype); W: the last W prompt token states, the HRM attends over them
+    one_step_grad: bool = True  # HRM's one-step gradient; False: backpropagate through every L-update of a segment
+    detach_segments: bool = True  # deep supervision; False: backpropagate through all earlier segments too
+    inject_depth: float = 1.0  # where the injector conditions the LLM: after round(depth * layers) of its layers; 1.0: after the last (baseline)
+
     # Unrolled dynamics (prototype: 3 segments × 3 L-steps)
     segments: int = 3  # M: segments per training step, each followed by a loss (deep supervision)
     inner_T: int = 3  # L-updates per segment, all but the last without gradient; then one H-update
@@ -38,6 +47,7 @@ class HybridConfig:
     grb_gate_init: float = -2.0  # sigmoid(-2) ≈ 0.12 of the bias at step 0
     cab_gate_init: float = -1.5
     cab_mem_tokens: int = 4  # memory tokens z_H is projected into (m >= 1)
+    relative_injection: bool = False  # scale the injected delta by each state's RMS: the gate is then its share of the stream
     logit_bias_head: bool = True  # gated vocab bias: logits += sigmoid(gate) · W(z_H)
     logit_bias_init: float = -2.0
 
@@ -57,6 +67,14 @@ class HybridConfig:
             raise ValueError(f"d_h {self.d_h} is not divisible by num_heads {self.num_heads}")
         if self.injector not in INJECTORS:
             raise ValueError(f"injector must be one of {INJECTORS}, got {self.injector!r}")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
+        if self.use_act and self.controller != "hrm":
+            raise ValueError(f"use_act needs the HRM controller's q-head, got controller={self.controller!r}")
+        if self.input_tokens < 0:
+            raise ValueError(f"input_tokens must be >= 0 (0: pooled), got {self.input_tokens}")
+        if not 0.0 < self.inject_depth <= 1.0:
+            raise ValueError(f"inject_depth must be in (0, 1], got {self.inject_depth}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.expansion <= 0 or self.rms_norm_eps <= 0:

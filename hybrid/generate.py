@@ -5,7 +5,11 @@ runs once, then one token per step. `condition` maps the pre-norm state of each 
 (B, 1, D) -> (B, 1, D) before the LLM's final norm and LM head (the first generated token comes
 from the last prompt position); `logit_bias` (B, V) is added to the logits every step. The
 controller runs once per prompt, outside `generate` (z_H depends on the prompt only), and its
-callable sees every row, in order, at every step. `use_cache=False` is the slow reference decode
+callable sees every row, in order, at every step. With `condition_layer` k the condition instead
+takes the output of decoder layer k at the newest position of every forward (the prompt's last
+token in the prompt pass, then each new token; through Backbone.injected_at): the positions
+training conditions (hybrid.model), so the prompt's context above k stays the LLM's own.
+`use_cache=False` is the slow reference decode
 that recomputes the whole context each step.
 """
 
@@ -136,9 +140,13 @@ def generate(
     condition: Condition | None = None,
     logit_bias: Tensor | None = None,
     use_cache: bool = True,
+    condition_layer: int | None = None,
 ) -> Generation:
     """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
     _check_inputs(backbone, input_ids, attention_mask, config, logit_bias)
+    if condition_layer is not None:
+        with backbone.injected_at(condition_layer, lambda hidden: torch.cat((hidden[:, :-1], condition(hidden[:, -1:])), 1)):
+            return generate(backbone, input_ids, attention_mask, config, logit_bias=logit_bias, use_cache=use_cache)
     generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
     eos_ids = torch.tensor(backbone.eos_token_ids, device=input_ids.device)
     pad_id = backbone.tokenizer.pad_token_id

@@ -1,9 +1,13 @@
-"""HybridLM: a frozen LLM's output layer, conditioned by an HRM controller (issue 5).
+"""HybridLM: a frozen LLM conditioned by an HRM controller (issue 5).
 
-    x        = PromptBridge(prompt region of the LLM's pre-norm last states)      (B, d_h)
+    x        = bridge(prompt region of the LLM's states at the cut)        (B, d_h) or (B, W, d_h)
     for each segment m = 1..M of the controller (deep supervision):
-        logits_m = LLM head(final norm(injector(states, z_H^m))) [+ VocabBias(z_H^m)]
+        logits_m = LLM head(final norm(top layers(injector(states, z_H^m)))) [+ VocabBias(z_H^m)]
         loss_m   = CE on target tokens [+ ACT q-head losses]
+
+The cut is `inject_depth`: after the LLM's last layer (the baseline, no top layers to run) or
+after layer k, where the frozen layers above k read the injected signal and are re-run from the
+cached states at k every step.
 
 Only the bridge, controller, injector and vocab bias are parameters of this module: the backbone
 is a plain dataclass held by reference, so its weights are outside `parameters()`,
@@ -24,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.config import HybridConfig
-from hybrid.controller import HRMController, SegmentOutput, halting_segments
-from hybrid.injectors import PromptBridge, VocabBias, build_injector
+from hybrid.controller import SegmentOutput, build_controller, halting_segments
+from hybrid.injectors import AnswerBridge, VocabBias, build_bridge, build_injector, last_prompt_position
 from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from puzzle_hrm.losses import get_loss_fn
 from puzzle_hrm.model import q_continue_target
@@ -38,6 +42,15 @@ class LogitHead(Protocol):
     vocab_size: int
 
     def logits(self, hidden: Tensor) -> Tensor:  # final norm + LM head on pre-norm states, differentiable in `hidden`
+        ...
+
+    def layer_at(self, depth: float) -> int | None:  # the decoder layer a cut at `depth` conditions; None: after the last
+        ...
+
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int, prefix_kv: Tensor | None = None, prefix_mask: Tensor | None = None) -> Tensor:
+        ...  # the layers above `layer`, differentiable in `hidden`, optionally after a cached prefix
+
+    def embed(self, input_ids: Tensor) -> Tensor:  # input embeddings (the oracle's)
         ...
 
 
@@ -53,9 +66,10 @@ class HybridSegment:
 class Conditioning:
     """What decoding needs (hybrid.generate): z_H is fixed per prompt, applied to every new token."""
 
-    condition: Callable[[Tensor], Tensor]  # pre-norm states (B, T, D) → conditioned states
+    condition: Callable[[Tensor], Tensor]  # states at the cut (B, T, D) → conditioned states
     logit_bias: Tensor | None  # (B, V), with logit_bias_head
     segments_used: Tensor  # (B,): all segments, or the q-head's halting segment with use_act
+    layer: int | None  # the decoder layer whose output `condition` takes; None: the pre-norm last states
 
 
 class HybridLM(nn.Module):
@@ -63,16 +77,24 @@ class HybridLM(nn.Module):
         super().__init__()
         self.config = config
         self.head = head  # frozen, not registered (a dataclass, not a module)
-        self.bridge = PromptBridge(head.hidden_size, config.d_h, config.rms_norm_eps)
-        self.controller = HRMController(config)
+        self.layer = head.layer_at(config.inject_depth)  # None: after the last layer
+        self.bridge = build_bridge(config, head.hidden_size, head.embed)
+        self.controller = build_controller(config)
         self.injector = build_injector(config, head.hidden_size)
         self.vocab_bias = VocabBias(config.d_h, head.vocab_size, config.logit_bias_init) if config.logit_bias_head else None
 
-    def latents(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Iterator[SegmentOutput]:
-        """Bridge, then the controller's segments: `segments` of them in training, `eval_segments` in eval mode."""
+    def latents(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None, input_ids: Tensor | None = None) -> Iterator[SegmentOutput]:
+        """Bridge, then the controller's segments: `segments` of them in training, `eval_segments`
+        in eval mode. input_ids: the teacher-forced ids, which only the oracle reads."""
         if n_segments is None:
             n_segments = self.config.segments if self.training else self.config.eval_segments
-        return self.controller.segments(self.bridge(hidden_states, attention_mask, prompt_lengths), n_segments)
+        if isinstance(self.bridge, AnswerBridge):
+            if input_ids is None:
+                raise ValueError("the oracle controller reads the gold answer: pass the teacher-forced input_ids")
+            x = self.bridge(hidden_states, attention_mask, prompt_lengths, input_ids)
+        else:
+            x = self.bridge(hidden_states, attention_mask, prompt_lengths)
+        return self.controller.segments(x, n_segments)
 
     def forward(
         self,
@@ -81,23 +103,34 @@ class HybridLM(nn.Module):
         prompt_lengths: Tensor,
         n_segments: int | None = None,
         positions: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        prefix_kv: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
     ) -> list[HybridSegment]:
-        """Each segment's logits on the LLM's pre-norm states (B, T, D), conditioned on its z_H.
+        """Each segment's logits on the LLM's states at the cut (B, T, D), conditioned on its z_H.
 
         positions (B, T) bool: compute logits only there, as (N, V) in row-major order. Training
         needs only the states that predict a target token, and the LM head over the vocabulary
-        is most of a cached step's cost. Injectors are position-wise, so this is exact. For the
-        same reason all segments go through the LM head together: one pass over its weight
-        (V x D, the largest matrix here) instead of one per segment, forward and backward.
+        is most of a cached step's cost. After the last layer injectors are position-wise, so
+        selecting before injecting is exact. After layer k the states from the last prompt token
+        on are injected (the tokens before it are the prompt's own context, so their keys and
+        values above k stay the LLM's) and the top layers run, then the positions are selected;
+        with the cached prefix_kv / prefix_mask (FeatureBatch) they run over those states only,
+        else over the whole sequence. All segments go through the top layers and the LM head
+        together: one pass over their weights (the LM head's V x D is the largest matrix here)
+        instead of one per segment, forward and backward.
         """
-        if positions is None:
-            rows, hidden = None, hidden_states
+        outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments, input_ids))
+        if self.layer is not None:
+            rows, hidden = self._top_layers(outputs, hidden_states, attention_mask, prompt_lengths, positions, prefix_kv, prefix_mask)
+        elif positions is None:
+            rows = None
+            hidden = torch.cat([self.injector(hidden_states, out.z_H) for out in outputs])
         else:
             rows = positions.nonzero()[:, 0]  # (N,): the row of each selected state
-            hidden = hidden_states[positions].unsqueeze(1)  # (N, 1, D): one-token "sequences"
-        outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments))
-        injected = [self.injector(hidden, out.z_H if rows is None else out.z_H.index_select(0, rows)) for out in outputs]
-        all_logits = self.head.logits(torch.cat(injected)).chunk(len(outputs))  # segment-major
+            selected = hidden_states[positions].unsqueeze(1)  # (N, 1, D): one-token "sequences"
+            hidden = torch.cat([self.injector(selected, out.z_H.index_select(0, rows)) for out in outputs])
+        all_logits = self.head.logits(hidden).chunk(len(outputs))  # segment-major
         segments = []
         for out, logits in zip(outputs, all_logits, strict=True):
             if self.vocab_bias is not None:
@@ -106,15 +139,40 @@ class HybridLM(nn.Module):
             segments.append(HybridSegment(logits if rows is None else logits[:, 0], out.z_H, out.q_halt_logits, out.q_continue_logits))
         return segments
 
+    def _top_layers(self, outputs: list[SegmentOutput], hidden: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, positions: Tensor | None, prefix_kv: Tensor | None, prefix_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """After layer k: (rows (N,), the pre-norm last states (M·N, 1, D) at `positions`, segment-major)."""
+        if positions is None:
+            raise ValueError("with inject_depth < 1 logits are computed at the answer positions only: pass positions")
+        M, T = len(outputs), attention_mask.shape[1]
+        start = last_prompt_position(attention_mask, prompt_lengths).view(-1, 1)  # (B, 1): the first injected position
+        if prefix_kv is None:  # the whole sequence through the top layers (the reference for the cached prefix)
+            from_start = (torch.arange(T, device=hidden.device) >= start).unsqueeze(-1)
+            injected = torch.cat([torch.where(from_start, self.injector(hidden, out.z_H), hidden) for out in outputs])
+            top = self.head.top_states(injected, attention_mask.repeat(M, 1), self.layer)
+            selected = positions
+        else:  # from the last prompt token on, after the cached prefix
+            span = int((attention_mask.sum(1, keepdim=True) - start).max())
+            index = (start + torch.arange(span, device=hidden.device)).clamp_max(T - 1)  # (B, S)
+            span_mask = attention_mask.gather(1, index) * (start + torch.arange(span, device=hidden.device) < T)
+            states = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            injected = torch.cat([self.injector(states, out.z_H) for out in outputs])
+            top = self.head.top_states(injected, span_mask.repeat(M, 1), self.layer, prefix_kv.repeat(M, *[1] * (prefix_kv.ndim - 1)), prefix_mask.repeat(M, 1))
+            selected = positions.gather(1, index) & span_mask.bool()
+            if int(selected.sum()) != int(positions.sum()):
+                raise ValueError("positions before the last prompt token: the cached prefix does not cover them")
+        return selected.nonzero()[:, 0], torch.cat([part[selected] for part in top.chunk(M)]).unsqueeze(1)
+
     def conditioning(self, hidden_states: Tensor, attention_mask: Tensor, prompt_lengths: Tensor, n_segments: int | None = None) -> Conditioning:
         """z_H from the prompt's states; with use_act each row keeps the z_H of the segment its
         q-head halts at."""
+        if self.config.controller == "oracle":
+            raise ValueError("the oracle controller reads the gold answer, so it cannot condition decoding")
         outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments))
         rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
         used = halting_segments(outputs) if self.config.use_act else torch.full_like(rows, len(outputs))
         z_H = torch.stack([o.z_H for o in outputs])[used - 1, rows]  # (B, d_h)
         logit_bias = self.vocab_bias(z_H) if self.vocab_bias is not None else None
-        return Conditioning(self.injector.condition(z_H), logit_bias, used)
+        return Conditioning(self.injector.condition(z_H), logit_bias, used, self.layer)
 
     def loss(self, segments: Sequence[HybridSegment], targets: Tensor, correct: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Deep supervision: the sum over segments of the token-mean CE on the targets, plus with

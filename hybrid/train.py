@@ -144,7 +144,8 @@ class TrainData:
     eval: list[Example]
     collator: Collator
     seed: int
-    cache: FeatureCache | None = None
+    cache: FeatureCache | None = None  # the active one (the cut of the model being trained)
+    caches: dict[int | None, FeatureCache] = field(default_factory=dict)  # every cut built so far
 
     @classmethod
     def build(cls, config: HybridTrainConfig, collator: Collator) -> TrainData:
@@ -154,10 +155,17 @@ class TrainData:
         evals = [ex for task, n in zip(tasks.values(), eval_shares) for ex in task.examples("eval", n, config.seed)]
         return cls(tasks, train, evals, collator, config.seed)
 
-    def cache_states(self, backbone: Backbone, directory: str | None, batch_size: int = 32) -> FeatureCache:
-        """Run the frozen LLM once over the training set (the collator's batches, in order)."""
-        batches = [self.collator(self.train[i : i + batch_size]) for i in range(0, len(self.train), batch_size)]
-        self.cache = open_or_build(directory, backbone, batches) if directory else FeatureCache.build(backbone, batches)
+    def cache_states(self, backbone: Backbone, directory: str | None, batch_size: int = 32, layer: int | None = None) -> FeatureCache:
+        """Run the frozen LLM once over the training set (the collator's batches, in order), keeping
+        the states at `layer` (None: the pre-norm last states); a cut already built is reused.
+        On disk a cut after layer k lives in the subfolder layer<k>."""
+        if layer not in self.caches:
+            batches = [self.collator(self.train[i : i + batch_size]) for i in range(0, len(self.train), batch_size)]
+            if directory:
+                self.caches[layer] = open_or_build(directory if layer is None else str(Path(directory) / f"layer{layer}"), backbone, batches, layer=layer)
+            else:
+                self.caches[layer] = FeatureCache.build(backbone, batches, layer=layer)
+        self.cache = self.caches[layer]
         return self.cache
 
     def indices(self, step: int, batch_size: int) -> Tensor:

@@ -1,7 +1,8 @@
 """HybridTrainable: HybridLM (the HRM controller on a frozen LLM) behind the `Trainable` protocol.
 
-Trains on cached LLM states (hybrid.features); answers by running the LLM over the prompts once,
-the controller once per prompt (eval_segments), then KV-cache decoding with its conditioning.
+Trains on cached LLM states at the injection cut (hybrid.features); answers by running the LLM
+over the prompts once, the controller once per prompt (eval_segments), then KV-cache decoding with
+its conditioning (at the same cut).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def label_aligned(predicted: Tensor, positions: Tensor) -> Tensor:
 class HybridTrainable(nn.Module):
     uses_cached_states = True
 
+    @property
+    def cache_layer(self) -> int | None:
+        """The decoder layer whose output the feature cache must hold (None: the pre-norm last states)."""
+        return self.lm.layer
+
     def __init__(self, config: HybridConfig, backbone: Backbone, collator: Collator) -> None:
         super().__init__()
         self.lm = HybridLM(config, backbone)  # its parameters and state_dict are the trainable parts only
@@ -39,7 +45,7 @@ class HybridTrainable(nn.Module):
     def training_loss(self, batch: FeatureBatch, correct_fn: CorrectFn) -> tuple[Tensor, dict[str, float]]:
         batch = batch.to(self.backbone.device)
         positions, targets = supervised_positions(batch.labels)
-        segments = list(self.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, n_segments=self.lm.config.segments, positions=positions))
+        segments = list(self.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, n_segments=self.lm.config.segments, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask))
         correct = None
         if self.lm.config.use_act:
             correct = correct_fn([label_aligned(s.logits.detach().argmax(-1), positions) for s in segments])
@@ -51,9 +57,18 @@ class HybridTrainable(nn.Module):
 
     @torch.no_grad()
     def answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
+        """In eval mode (a centered bridge then uses its running statistics, not the batch's), restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self._answer(examples, decode, generator)
+        finally:
+            self.train(was_training)
+
+    def _answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
         prompts = self.collator.prompts(examples)
         ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
-        hidden, _ = self.backbone.hidden_states(ids, mask, position_ids(mask))
+        hidden, _ = self.backbone.hidden_states(ids, mask, position_ids(mask), layer=self.lm.layer)
         cond = self.lm.conditioning(hidden.float(), mask, mask.sum(1), n_segments=self.lm.config.eval_segments)
-        out = generate(self.backbone, ids, mask, seeded(decode, generator), condition=cond.condition, logit_bias=cond.logit_bias)
+        out = generate(self.backbone, ids, mask, seeded(decode, generator), condition=cond.condition, logit_bias=cond.logit_bias, condition_layer=cond.layer)
         return out.answers(self.backbone.tokenizer, cond.segments_used)

@@ -74,3 +74,22 @@ def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
     assert "backbone: tiny (bfloat16)" in (tmp_path / "hybrid-cpu.md").read_text()
     with pytest.raises(ValueError, match="backbone_dtype must be one of"):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.backbone_dtype=fp8"]), overrides=[])
+
+
+def test_a_mid_depth_variant_is_evaluated_at_every_eval_segments_count(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("suite.variants")]
+    overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *tiny, "suite.variants=[hrm_grb,hrm_grb_mid]", "++suite.eval_segments=[1,3]"]
+    plan = hybrid_suite.plan_from_config(compose_cfg(overrides), overrides)
+    assert plan.eval_segments == (1, 3)
+    rows = hybrid_suite.run_suite(plan)
+    assert [r["variant"] for r in rows] == ["hrm_grb", "hrm_grb@seg1", "hrm_grb@seg3", "hrm_grb_mid", "hrm_grb_mid@seg1", "hrm_grb_mid@seg3"]
+    assert [r["mean_halt_steps"] for r in rows] == [2.0, 1.0, 3.0, 2.0, 1.0, 3.0]
+    table = (tmp_path / "hybrid-cpu.md").read_text()
+    assert "| hrm_grb_mid@seg3 |" in table and "after half the LLM's layers" in table
+
+
+def test_the_gpu_tier_adds_chain_sum_and_the_segment_sweep():
+    cfg = compose_cfg(["suite=hybrid", "hardware=h200"])
+    suite = cfg.suite
+    assert list(suite.gpu.train.tasks) == ["addition", "basic_arithmetic", "chain_sum"] and list(suite.gpu.eval_segments) == [1, 3, 8]
+    assert {"hrm_grb_mid", "hrm_cab_mid", "hrm_tokens_grb_mid"} <= set(suite.variants)

@@ -31,7 +31,7 @@ def test_every_run_of_the_cpu_tier_plans(hydra_conf, suite):
             overrides = sweep_suite.run_overrides(plan, base, label, plan.seeds[0])
             run_plan = bench_run.plan_from_config(compose_cfg(overrides), overrides=overrides)
             assert run_plan.variant == label and run_plan.profile.name == "cpu"
-            assert run_plan.train.max_steps <= 300 and run_plan.train.max_train_seconds <= 120
+            assert run_plan.train.max_steps <= 300 and run_plan.train.max_train_seconds is None  # step budgets: same result under load
 
 
 def test_ablation_knobs_reach_the_run(hydra_conf):

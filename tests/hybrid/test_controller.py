@@ -101,7 +101,7 @@ def test_deterministic_given_the_seed():
 def test_bad_inputs():
     controller = build()
     with pytest.raises(ValueError, match=r"x must be \(B, d_h=32\)"):
-        next(controller.segments(torch.randn(2, 1, 32), 1))
+        next(controller.segments(torch.randn(2, 1, 1, 32), 1))
     with pytest.raises(ValueError, match="n_segments"):
         next(controller.segments(torch.randn(2, 32), 0))
 

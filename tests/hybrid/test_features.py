@@ -113,7 +113,7 @@ def test_float16_overflow_is_an_error(backbone):
     class Loud:  # a backbone whose states exceed float16's range
         device, tokenizer = backbone.device, backbone.tokenizer
 
-        def hidden_states(self, input_ids, attention_mask):
+        def hidden_states(self, input_ids, attention_mask, layer=None, use_cache=False):
             return torch.full((*input_ids.shape, 4), 1e6), None
 
     with pytest.raises(ValueError, match="do not fit in float16"):

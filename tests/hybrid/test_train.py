@@ -124,3 +124,17 @@ def test_resume_refuses_other_settings_and_a_plain_rerun_keeps_the_checkpoint(se
     with pytest.raises(ValueError, match=r"train.lr: 0.001 -> 0.01\)"):
         trained(setup, tmp_path, 4, resume=True, lr=1e-2, **quiet)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(inject_depth=0.5, input_tokens=2, logit_bias_head=False)])
+def test_the_optimizer_holds_every_trainable_parameter_once_with_the_configs_lr_and_wd(setup, overrides):
+    from hybrid.train import build_optimizer
+
+    backbone, data, config = setup
+    model = HybridTrainable(tiny_config(**overrides), backbone, data.collator)
+    optimizer = build_optimizer(model, replace(config, lr=2e-3, weight_decay=0.05))
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(held) == len({id(p) for p in held})
+    assert {id(p) for p in held} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not {id(p) for p in held} & {id(p) for p in backbone.model.parameters()}
+    assert all(g["lr"] == 2e-3 and g["weight_decay"] == 0.05 and g["betas"] == config.betas for g in optimizer.param_groups)
