@@ -113,6 +113,7 @@ TOP_KEYS = {"seed": int, "variant": str, "results_dir": str, "checkpoint_root": 
 HARDWARE_KEYS = {"profile": str, "compile": bool | None, "attn_backend": str | None}
 SUITE_KEYS = ("name", "paper", "data", "train", "model", "eval", "scoring", "cpu", "gpu", "kind")
 TIER_KEYS = ("data", "train", "model", "eval")
+EVAL_KEYS = ("test_time_steps",)  # suite.eval: the final evaluation's rollout length (TrainConfig.test_time_steps)
 
 
 def check_top_level(cfg: DictConfig, suite_keys: tuple[str, ...] = SUITE_KEYS, tier_keys: tuple[str, ...] = TIER_KEYS) -> dict:
@@ -139,8 +140,10 @@ def plan_from_config(cfg: DictConfig, overrides: list[str] | None = None) -> Run
     model["attn_backend"] = top["hardware.attn_backend"] or ("flash" if profile.attention == "flash" else "auto")
     arch = registry.model_config(model_name, model)
 
+    check_keys(suite.get("eval", {}), EVAL_KEYS, "suite.eval")
+    test_time_steps = coerce(suite.get("eval", {}).get("test_time_steps"), int | None, "suite.eval.test_time_steps")
     train = dict(suite["train"])
-    train.update({"seed": top["seed"], "device": profile.device, "test_time_steps": suite.get("eval", {}).get("test_time_steps")})
+    train.update({"seed": top["seed"], "device": profile.device, "test_time_steps": test_time_steps})
     train["compile"] = profile.compile if top["hardware.compile"] is None else top["hardware.compile"]
     train_config = typed(TrainConfig, train, "suite.train")
     if "builder" not in suite["data"] or suite["data"]["builder"] not in BUILDERS:

@@ -60,6 +60,8 @@ def test_command_line_keys_win_over_the_suite_tier_block():
     ("++suite.nosuch=1", r"suite.nosuch: unknown key; valid keys of suite: cpu, data"),
     ("++nosuch=1", r"nosuch: unknown key; valid keys: checkpoint_root, results_dir, seed, variant"),
     ("hardware.compile=maybe", r"hardware.compile: 'maybe' is not bool or null"),
+    ("++suite.eval.nosuch=1", r"suite.eval.nosuch: unknown key; valid keys of suite.eval: test_time_steps"),
+    ("suite.eval.test_time_steps=abc", r"suite.eval.test_time_steps: 'abc' is not int or null"),
 ])
 def test_unknown_keys_and_wrong_types_are_refused_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
