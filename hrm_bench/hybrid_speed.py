@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.hybrid_speed`: the hybrid's two speed levers, measured (issue 5).
+"""`python -m hrm_bench.hybrid_speed`: the hybrid's two speed levers, measured.
 
 (a) Training step from cached LLM states vs the same step that first runs the frozen LLM over the
     batch (same model, same batch, same optimizer step): the injector acts after the LLM's last

@@ -1,4 +1,4 @@
-"""LLM-only baseline (issue 5): the frozen LLM prompted zero-shot or few-shot, nothing trained.
+"""LLM-only baseline: the frozen LLM prompted zero-shot or few-shot, nothing trained.
 
 Few-shot prompts put k solved examples from the task's TRAIN split before the question, as prior
 user/assistant turns of the chat template (`PromptFormat.shots`). The splits are disjoint by a

@@ -1,6 +1,6 @@
-"""HybridConfig: the HRM controller on a frozen LLM (issue 5), with the published prototype's defaults.
+"""HybridConfig: the HRM controller on a frozen LLM, with the published prototype's defaults.
 
-Names follow the issue and the prototype (`d_h`, `segments` = M, `inner_T`, `injector`,
+Names follow the HRM-LM prototype (`d_h`, `segments` = M, `inner_T`, `injector`,
 `cab_mem_tokens`, `logit_bias_head`, `use_act`, `act_penalty`, `eval_segments`); the HRM block
 sizes follow `puzzle_hrm.HRMConfig` (`H_layers`, `L_layers`, `num_heads`, `expansion`,
 `rms_norm_eps`). Where the two agree (4 + 4 layers, 8 heads, SwiGLU expansion 4) both are meant.

@@ -1,4 +1,4 @@
-"""HRMController: HRM's two recurrent levels over the prompt's input slots (issue 5; paper §2).
+"""HRMController: HRM's two recurrent levels over the prompt's input slots (paper §2).
 
 Latent shape: z_H and z_L are (B, S, d_h), one latent slot per input slot: S = 1 for the
 prototype's pooled vector x, S = W with `input_tokens` (the last W prompt token states, which
@@ -12,7 +12,7 @@ block, 4.2 M of the 28.5 M at d_h 512 with 4 + 4 layers.
 One segment, as the prototype (paper Fig. 4, one H-update per segment):
     inner_T - 1 L-updates without gradient:   z_L ← L(z_L, z_H + x)
     the last L-update and one H-update:       z_L ← L(z_L, z_H + x);  z_H ← H(z_H, z_L)
-The blocks are post-norm (HRMBlock ends in RMSNorm), so z_H is RMS-normalised: the issue's
+The blocks are post-norm (HRMBlock ends in RMSNorm), so z_H is RMS-normalised: the prototype's
 "RMSNorm on z_H". States are detached between segments; the caller puts a loss after each one
 (deep supervision). Gradient therefore reaches the L- and H-levels, x (and through it the
 bridge) only through the last L-update and the H-update of each segment. The ablations switch

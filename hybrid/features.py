@@ -1,7 +1,7 @@
 """Feature cache: the frozen LLM's pre-norm last hidden states, computed once per example.
 
 Why: the injectors act at a fixed cut of the frozen LLM (after its last layer, or after layer k),
-so for a fixed (prompt, target) example the states there never change while the controller trains (issue 5's speed lever). Cache them once, then
+so for a fixed (prompt, target) example the states there never change while the controller trains. Cache them once, then
 train without running the LLM.
 
 Layout: examples are ragged. The attended tokens of example i are rows offsets[i]:offsets[i+1]

@@ -30,7 +30,7 @@ Condition = Callable[[Tensor], Tensor]
 
 @dataclass
 class DecodeConfig:
-    """Decoding settings (the issue's names)."""
+    """Decoding settings (the HRM-LM prototype's names)."""
 
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0: greedy

@@ -1,4 +1,4 @@
-"""HRM-only baseline (issue 5): the same controller with no LLM, trained from scratch.
+"""HRM-only baseline: the same controller with no LLM, trained from scratch.
 
     prompt ids ──embed──► encoder (puzzle_hrm HRMBlocks)            (B, P, d_model)
                ──PromptBridge (mean + last, as the hybrid)──► x       (B, d_h)

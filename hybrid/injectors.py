@@ -1,4 +1,4 @@
-"""The two bridges between the frozen LLM and the HRM controller (issue 5).
+"""The two bridges between the frozen LLM and the HRM controller.
 
 In: `PromptBridge` pools the prompt region of the LLM's states at the cut (before its final norm,
 or after layer k) into the controller's input x (B, d_h); `TokenBridge` instead projects the

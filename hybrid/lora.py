@@ -1,4 +1,4 @@
-"""LoRA baseline (issue 5): peft LoRA on the LLM's top layers, as many trainable parameters as the HRM.
+"""LoRA baseline: peft LoRA on the LLM's top layers, as many trainable parameters as the HRM.
 
 The fair question is "the same number of trainable parameters, spent inside the LLM instead of
 on a controller beside it". `lora_config_for_budget` solves for the rank: a rank-r adapter on a

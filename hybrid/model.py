@@ -1,4 +1,4 @@
-"""HybridLM: a frozen LLM conditioned by an HRM controller (issue 5).
+"""HybridLM: a frozen LLM conditioned by an HRM controller.
 
     x        = bridge(prompt region of the LLM's states at the cut)        (B, d_h) or (B, W, d_h)
     for each segment m = 1..M of the controller (deep supervision):

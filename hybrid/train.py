@@ -73,7 +73,7 @@ class Trainable(Protocol):
 
 @dataclass
 class HybridTrainConfig:
-    """The training loop's settings (the issue's names); the model's own live in HybridConfig (eval_segments too)."""
+    """The training loop's settings (the HRM-LM prototype's names); the model's own live in HybridConfig (eval_segments too)."""
 
     tasks: tuple[str, ...] = ("addition",)  # task names (hybrid.tasks.get_task), mixed in equal shares
     train_n: int = 2000  # training examples per task (the cache holds their LLM states)
