@@ -6,7 +6,8 @@ loop pieces (hybrid.train: data order, AdamW, clipping, one `train_step`) and re
 - the injector's gate (sigmoid) at each checkpoint,
 - teacher-forced answer CE and exact match (every answer token right) on the training set (can it
   overfit?) and on held-out questions, at each checkpoint.
-Variants: the suite's (hybrid_suite.HRM_VARIANTS), LoRA at hrm_grb's parameter count, the
+Variants: the suite's (hybrid_suite.HRM_VARIANTS), LoRA at hrm_grb's parameter count (`lora@<variant>`:
+at that variant's), the
 controller ablations (plain MLP / transformer controller, full backpropagation through a segment
 or through all segments) and the oracle (the injector handed the gold answer's embedding: the
 upper bound of the injection path). HRM variants train on the feature cache at their cut.
@@ -145,10 +146,18 @@ def teacher_forced(trainable: Trainable, cache: FeatureCache | None, examples: l
     return Fit(total / tokens, exact / len(examples), spread(torch.cat(xs)) if xs else None, spread(torch.cat(zs)) if zs else None)
 
 
+def lora_match(variant: str) -> str | None:
+    """The variant whose trainable parameter count a LoRA variant matches: `lora` = hrm_grb (as the
+    suite), `lora@<variant>` = that variant; None for a non-LoRA variant."""
+    if variant == "lora":
+        return "hrm_grb"
+    return variant.removeprefix("lora@") if variant.startswith("lora@") else None
+
+
 def build(variant: str, model: dict[str, Any], backbone: Backbone, collator: Collator, seed: int) -> Trainable:
     torch.manual_seed(seed)
-    if variant == "lora":  # hrm_grb's parameter count, as the suite
-        target = sum(p.numel() for p in HybridTrainable(HybridConfig(**{**model, **HRM_VARIANTS["hrm_grb"]}), backbone, collator).parameters())
+    if (matched := lora_match(variant)) is not None:
+        target = sum(p.numel() for p in HybridTrainable(HybridConfig(**{**model, **VARIANTS[matched]}), backbone, collator).parameters())
         return LoRATrainable(backbone, collator, target)
     return HybridTrainable(HybridConfig(**{**model, **VARIANTS[variant]}), backbone, collator)
 
@@ -206,7 +215,7 @@ def _spreads(fit: Fit) -> str:
 def main(argv: list[str] | None = None) -> list[Diagnosis]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2", help="smollm2 | tiny | hub id / path")
-    parser.add_argument("--variants", default=",".join(DEFAULT), help=f"comma-separated; known: lora, {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT), help=f"comma-separated; known: lora, lora@<variant> (LoRA at its parameter count), {', '.join(VARIANTS)}")
     parser.add_argument("--tasks", default="addition")
     parser.add_argument("--train-n", type=int, default=64, help="training questions per task (the set to overfit)")
     parser.add_argument("--eval-n", type=int, default=64, help="held-out questions in all")
@@ -219,9 +228,9 @@ def main(argv: list[str] | None = None) -> list[Diagnosis]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v != "lora" and v not in VARIANTS]
+    unknown = [v for v in variants if (lora_match(v) or v) not in VARIANTS]
     if unknown:
-        parser.error(f"unknown variants {unknown}; known: lora, {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; known: lora, lora@<variant>, {', '.join(VARIANTS)}")
     model = {**CPU_MODEL, **{k: _value(v) for k, v in (kv.split("=", 1) for kv in args.model.split(",") if kv)}}
     config = HybridTrainConfig(tasks=tuple(args.tasks.split(",")), train_n=args.train_n, eval_n=args.eval_n, seed=args.seed, lr=args.lr, batch_size=args.batch_size, max_steps=args.steps, progress=False)
     backbone = backbone_by_name(args.backbone)

@@ -60,3 +60,11 @@ def test_gradient_norms_undo_the_clipping():
             return model.named_parameters()
 
     assert hybrid_diagnose.grad_norms(Named(), unclip=4.0) == {"weight": pytest.approx(4.0)}
+
+
+def test_lora_variants_name_the_parameter_count_they_match():
+    from hrm_bench.hybrid_diagnose import lora_match
+
+    assert lora_match("lora") == "hrm_grb"  # as the suite
+    assert lora_match("lora@hrm_cab_rel_centered") == "hrm_cab_rel_centered"
+    assert lora_match("hrm_cab") is None
