@@ -191,7 +191,7 @@ def apply_precision(model: torch.nn.Module, precision: str) -> None:
     convert_to_fp8(model, PRECISIONS[precision])
 
 
-def compile_forward(model: HRM, cfg: TrainConfig) -> Callable:
+def compile_forward(model: torch.nn.Module, cfg: TrainConfig) -> Callable:
     """The module itself, or torch.compile of it (the whole ACT segment: one graph per mode)."""
     return torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
 
@@ -372,7 +372,7 @@ def _fit(cfg: TrainConfig, arch: PuzzleModelConfig, checkpoint_extra: dict[str, 
                                n_steps=n_steps, halt_max_steps=cfg.eval_halt_max_steps)  # ends with a host sync
         return {"step": state.step, "eval_seconds": time.perf_counter() - start, **metrics}
 
-    last_step = min(state.total_steps, cfg.max_steps or state.total_steps)
+    _, last_step = planned_steps(cfg, train_loader.metadata)
     eval_every = max(1, official_total_steps(train_loader.metadata, cfg.eval_interval, cfg.global_batch_size))
     tracker = Tracker(cfg, total=last_step, initial=state.step, enabled=rank == 0)
     result = FitResult(steps=state.step, train_seconds=0.0, warmup_seconds=0.0, train_examples=0, final_eval={},
