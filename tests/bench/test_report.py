@@ -40,8 +40,8 @@ def test_markdown_and_plot_files(tmp_path):
     TABLE.to_csv(tmp_path / "runs.csv", index=False)
     report.main(["--suite", "hybrid", "--results-dir", str(tmp_path)])
     text = (tmp_path / "hybrid-seeds.md").read_text()
-    # columns: metric, seeds, mean segments, params, train ex/s, decode tok/s, peak mem (absent columns stay empty)
-    assert "| a | 0.300 ± 0.141 | 2 |  | 10 | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  | 0 |  |  |  |" in text
+    # columns: metric, seeds, token acc, mean segments, params, train ex/s, decode tok/s, peak mem (absent columns stay empty)
+    assert "| a | 0.300 ± 0.141 | 2 |  |  | 10 | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  |  | 0 |  |  |  |" in text
     assert (tmp_path / "hybrid-seeds.png").stat().st_size > 0
 
 
