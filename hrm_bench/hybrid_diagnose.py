@@ -30,9 +30,10 @@ from hybrid.config import HybridConfig
 from hybrid.features import FeatureBatch, FeatureCache
 from hybrid.lora import LoRATrainable
 from hybrid.model import supervised_positions
+from hybrid.prefix import PrefixTrainable
 from hybrid.tasks import Collator
 from hybrid.train import HybridTrainConfig, TrainData, Trainable, build_optimizer, train_step
-from hybrid.trainable import HybridTrainable
+from hybrid.trainable import HybridTrainable, hybrid_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def grad_norms(trainable: Trainable, unclip: float) -> dict[str, float]:
 
 
 def gates(trainable: Trainable) -> dict[str, float]:
+    if isinstance(trainable, PrefixTrainable):
+        return {"prefix_gain": trainable.lm.prefix.gain.item()}
     if not isinstance(trainable, HybridTrainable):
         return {}
     found = {"injector": torch.sigmoid(trainable.lm.injector.gate).item()}
@@ -121,10 +124,13 @@ def teacher_forced(trainable: Trainable, cache: FeatureCache | None, examples: l
     total, tokens, exact = 0.0, 0, 0
     xs, zs = [], []
     was_training = getattr(trainable, "training", False)
-    if isinstance(trainable, HybridTrainable):
+    if isinstance(trainable, (HybridTrainable, PrefixTrainable)):
         trainable.eval()
     for rows in batches_of(len(examples), batch_size):
-        if isinstance(trainable, HybridTrainable):
+        if isinstance(trainable, PrefixTrainable):
+            segments, targets, answer_rows = trainable.gold_answer_logits([examples[i] for i in rows], trainable.lm.config.segments)
+            logits, positions = segments[-1], None
+        elif isinstance(trainable, HybridTrainable):
             batch: FeatureBatch = cache.batch(rows)
             positions, targets = supervised_positions(batch.labels)
             last = trainable.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask)[-1]
@@ -139,7 +145,8 @@ def teacher_forced(trainable: Trainable, cache: FeatureCache | None, examples: l
             logits = trainable.backbone.logits(hidden[positions])
         total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
         tokens += len(targets)
-        wrong = torch.zeros(len(rows)).index_add_(0, positions.nonzero()[:, 0], (logits.argmax(-1) != targets).float())
+        target_rows = answer_rows if positions is None else positions.nonzero()[:, 0]
+        wrong = torch.zeros(len(rows)).index_add_(0, target_rows.cpu(), (logits.argmax(-1) != targets).float().cpu())
         exact += int((wrong == 0).sum())
     if was_training:
         trainable.train()
@@ -157,9 +164,9 @@ def lora_match(variant: str) -> str | None:
 def build(variant: str, model: dict[str, Any], backbone: Backbone, collator: Collator, seed: int) -> Trainable:
     torch.manual_seed(seed)
     if (matched := lora_match(variant)) is not None:
-        target = sum(p.numel() for p in HybridTrainable(HybridConfig(**{**model, **VARIANTS[matched]}), backbone, collator).parameters())
+        target = sum(p.numel() for p in hybrid_trainable(HybridConfig(**{**model, **VARIANTS[matched]}), backbone, collator).parameters())
         return LoRATrainable(backbone, collator, target)
-    return HybridTrainable(HybridConfig(**{**model, **VARIANTS[variant]}), backbone, collator)
+    return hybrid_trainable(HybridConfig(**{**model, **VARIANTS[variant]}), backbone, collator)
 
 
 def diagnose(variant: str, backbone: Backbone, data: TrainData, heldout: dict[int | None, FeatureCache], config: HybridTrainConfig, model: dict[str, Any], every: int) -> Diagnosis:

@@ -29,9 +29,10 @@ from hybrid.config import HybridConfig
 from hybrid.generate import Answers
 from hybrid.hrm_only import HRMOnlyTrainable
 from hybrid.lora import LoRATrainable
+from hybrid.prefix import PrefixTrainable
 from hybrid.tasks import Collator, Example
 from hybrid.train import RUN_CONTROLS, AnswerFn, HybridTrainConfig, TrainData, Trainable, evaluate, fit
-from hybrid.trainable import HybridTrainable
+from hybrid.trainable import HybridTrainable, hybrid_trainable
 from puzzle_hrm import resume
 from puzzle_hrm.data.format import atomic_write_text
 from puzzle_hrm.typed_config import check_keys, typed
@@ -52,6 +53,8 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
     # the diagnosis' two levers (results/hybrid-diagnosis.md): delta at the stream's scale, input standardised over the questions
     "hrm_cab_rel_centered": {"injector": "cab", "logit_bias_head": False, "relative_injection": True, "centered_input": True},
     "hrm_grb_mid_rel_centered": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
+    # z_H as 4 soft tokens between prompt and answer, read by every layer of the LLM (hybrid.prefix)
+    "hrm_prefix_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True},
 }
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")
@@ -158,10 +161,10 @@ def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: Tra
     """The variant's model, seeded the same way for every variant, on the backbone's device."""
     torch.manual_seed(plan.seed)  # the same initialisation stream for every variant
     if variant == "lora":  # as many trainable parameters as the HRM controller (hrm_grb); adapters sit on the backbone
-        target = sum(p.numel() for p in HybridTrainable(hrm_config(plan, "hrm_grb"), backbone, data.collator).parameters())
+        target = sum(p.numel() for p in hybrid_trainable(hrm_config(plan, "hrm_grb"), backbone, data.collator).parameters())
         return LoRATrainable(backbone, data.collator, target)
     if variant in HRM_VARIANTS:
-        return HybridTrainable(hrm_config(plan, variant), backbone, data.collator).to(backbone.device)
+        return hybrid_trainable(hrm_config(plan, variant), backbone, data.collator).to(backbone.device)
     return HRMOnlyTrainable(HybridConfig(**plan.model), backbone.tokenizer, data.collator).to(backbone.device)
 
 
@@ -189,7 +192,7 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         params = sum(p.numel() for p in trainable.parameters())
     row = result_row(plan, variant, final, params, steps, time.perf_counter() - start, examples_per_s, peak.gib())
     rows = [row]
-    if isinstance(trainable, HybridTrainable):
+    if isinstance(trainable, (HybridTrainable, PrefixTrainable)):
         for n in plan.eval_segments:
             trainable.lm.config.eval_segments = n
             swept, _ = evaluate(trainable.answer, data, train)

@@ -139,12 +139,14 @@ class Backbone:
         past_key_values: Any = None,
         use_cache: bool = False,
         layer: int | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Any]:
         """Last hidden states BEFORE the final norm (B, T, D), or with `layer` the output of that
         decoder layer; and the KV cache (None unless use_cache).
 
         Runs only the base model (no LM head over the vocabulary). Grad mode is the caller's: the
         frozen weights build no graph by themselves, and adapters added later (LoRA) still train.
+        inputs_embeds (B, T, D) instead of input_ids: rows that hold soft tokens (hybrid.prefix).
         """
         captured: list[Tensor] = []
         if layer is None:
@@ -154,6 +156,7 @@ class Backbone:
         try:
             out = self.model.base_model(
                 input_ids=input_ids,
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(self.dtype),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 past_key_values=past_key_values,
@@ -172,7 +175,8 @@ class Backbone:
     def top_states(self, hidden: Tensor, attention_mask: Tensor, layer: int, prefix_kv: Tensor | None = None, prefix_mask: Tensor | None = None) -> Tensor:
         """The pre-norm last states (B, S, D) from `hidden` (B, S, D), the output of decoder layer
         `layer`, through the layers above it: the model's own forward (masks, rotary positions)
-        over its layers layer+1.. only, differentiable in `hidden`.
+        over its layers layer+1.. only, differentiable in `hidden`. layer -1: `hidden` are input
+        embeddings and every layer runs.
 
         Without a prefix the rows are whole right-padded sequences (positions 0..S-1, as in the
         pass that produced `hidden`). With one they continue a prefix: prefix_kv (B, layers above,
@@ -180,8 +184,8 @@ class Backbone:
         padded as prefix_mask (B, Lp) says (`upper_kv`); `hidden` is right-padded after them. Only
         the continuation is then computed: the prefix is the same at every training step."""
         layers = self.layers_owner.layers
-        if not 0 <= layer < len(layers) - 1:
-            raise ValueError(f"layer must be in [0, {len(layers) - 2}] (a layer with layers above it), got {layer}")
+        if not -1 <= layer < len(layers) - 1:
+            raise ValueError(f"layer must be in [-1, {len(layers) - 2}] (-1: the input embeddings; else a layer with layers above it), got {layer}")
         kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
         if prefix_kv is not None and prefix_kv.shape[-2] > 0:
             if prefix_kv.shape[1] != len(layers) - layer - 1:
@@ -202,8 +206,8 @@ class Backbone:
         return captured[0]
 
     def upper_kv(self, cache: Any, layer: int) -> Tensor:
-        """The keys and values of the layers above `layer` in a forward's KV cache, per token:
-        (B, T, layers above, 2, KV heads, head dim)."""
+        """The keys and values of the layers above `layer` (-1: all) in a forward's KV cache, per
+        token: (B, T, layers above, 2, KV heads, head dim)."""
         kv = torch.stack([torch.stack((cache.layers[i].keys, cache.layers[i].values)) for i in range(layer + 1, self.num_layers)])  # (L, 2, B, H, T, hd)
         return kv.permute(2, 4, 0, 1, 3, 5)
 

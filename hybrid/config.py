@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from puzzle_hrm.config import swiglu_intermediate_size
 
-INJECTORS = ("grb", "cab")
+INJECTORS = ("grb", "cab", "prefix")
 CONTROLLERS = ("hrm", "mlp", "transformer", "oracle")
 LOSSES = ("softmax", "stablemax")
 
@@ -43,10 +43,11 @@ class HybridConfig:
     eval_segments: int | None = None  # segments at evaluation ("think longer"); None: same as segments
 
     # Injection into the LLM (prototype: GRB gate -2.0, CAB gate -1.5 with 4 memory tokens)
-    injector: str = "grb"  # "grb" gated residual bias | "cab" cross-attention bridge
+    injector: str = "grb"  # "grb" gated residual bias | "cab" cross-attention bridge | "prefix" soft answer prefix
     grb_gate_init: float = -2.0  # sigmoid(-2) ≈ 0.12 of the bias at step 0
     cab_gate_init: float = -1.5
     cab_mem_tokens: int = 4  # memory tokens z_H is projected into (m >= 1)
+    prefix_tokens: int = 4  # injector "prefix": soft tokens z_H becomes, read by the whole LLM between prompt and answer (hybrid.prefix)
     relative_injection: bool = False  # scale the injected delta by each state's RMS: the gate is then its share of the stream
     logit_bias_head: bool = True  # gated vocab bias: logits += sigmoid(gate) · W(z_H)
     logit_bias_init: float = -2.0
@@ -59,7 +60,7 @@ class HybridConfig:
     def __post_init__(self) -> None:
         if self.eval_segments is None:
             self.eval_segments = self.segments
-        counts = {name: getattr(self, name) for name in ("d_h", "H_layers", "L_layers", "num_heads", "segments", "inner_T", "eval_segments", "cab_mem_tokens")}
+        counts = {name: getattr(self, name) for name in ("d_h", "H_layers", "L_layers", "num_heads", "segments", "inner_T", "eval_segments", "cab_mem_tokens", "prefix_tokens")}
         too_small = [f"{name}={value}" for name, value in counts.items() if value < 1]
         if too_small:
             raise ValueError(f"these must be >= 1: {', '.join(too_small)}")
@@ -69,6 +70,8 @@ class HybridConfig:
             raise ValueError(f"injector must be one of {INJECTORS}, got {self.injector!r}")
         if self.controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
+        if self.injector == "prefix" and (self.use_act or self.logit_bias_head or self.controller == "oracle"):
+            raise ValueError("the prefix injector conditions through soft tokens only: it takes no use_act, logit_bias_head or oracle controller")
         if self.use_act and self.controller != "hrm":
             raise ValueError(f"use_act needs the HRM controller's q-head, got controller={self.controller!r}")
         if self.input_tokens < 0:

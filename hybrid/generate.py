@@ -9,8 +9,9 @@ callable sees every row, in order, at every step. With `condition_layer` k the c
 takes the output of decoder layer k at the newest position of every forward (the prompt's last
 token in the prompt pass, then each new token; through Backbone.injected_at): the positions
 training conditions (hybrid.model), so the prompt's context above k stays the LLM's own.
-`use_cache=False` is the slow reference decode
-that recomputes the whole context each step.
+With `soft_prefix` (B, m, D) the LLM reads m soft tokens right after the prompt, through all its
+layers (hybrid.prefix), and the first generated token comes from the last of them.
+`use_cache=False` is the slow reference decode that recomputes the whole context each step.
 """
 
 from __future__ import annotations
@@ -118,14 +119,17 @@ def conditioned_logits(backbone: Backbone, hidden: Tensor, condition: Condition 
     return logits if logit_bias is None else logits + logit_bias
 
 
-def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor, config: DecodeConfig, logit_bias: Tensor | None) -> None:
+def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor, config: DecodeConfig, logit_bias: Tensor | None, soft_prefix: Tensor | None) -> None:
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and attention_mask must both be (B, P), got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
     if not bool(attention_mask[:, -1].all()):
         raise ValueError("prompts must be left-padded: attention_mask[:, -1] must be 1 in every row (Collator.prompts does this)")
-    total = input_ids.shape[1] + config.max_new_tokens
+    soft = 0 if soft_prefix is None else soft_prefix.shape[1]
+    if soft_prefix is not None and (soft_prefix.ndim != 3 or soft_prefix.shape[0] != input_ids.shape[0] or soft_prefix.shape[2] != backbone.hidden_size):
+        raise ValueError(f"soft_prefix must be (B={input_ids.shape[0]}, m, D={backbone.hidden_size}), got {tuple(soft_prefix.shape)}")
+    total = input_ids.shape[1] + soft + config.max_new_tokens
     if total > backbone.max_positions:
-        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds the model's context of {backbone.max_positions}")
+        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + soft prefix ({soft}) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds the model's context of {backbone.max_positions}")
     if logit_bias is not None and (logit_bias.shape[-1] != backbone.vocab_size or logit_bias.ndim > 2):
         raise ValueError(f"logit_bias must be (B, {backbone.vocab_size}) or ({backbone.vocab_size},), got {tuple(logit_bias.shape)}")
 
@@ -141,10 +145,13 @@ def generate(
     logit_bias: Tensor | None = None,
     use_cache: bool = True,
     condition_layer: int | None = None,
+    soft_prefix: Tensor | None = None,
 ) -> Generation:
     """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
-    _check_inputs(backbone, input_ids, attention_mask, config, logit_bias)
+    _check_inputs(backbone, input_ids, attention_mask, config, logit_bias, soft_prefix)
     if condition_layer is not None:
+        if soft_prefix is not None:
+            raise ValueError("a soft prefix is read by every layer: it takes no condition_layer")
         with backbone.injected_at(condition_layer, lambda hidden: torch.cat((hidden[:, :-1], condition(hidden[:, -1:])), 1)):
             return generate(backbone, input_ids, attention_mask, config, logit_bias=logit_bias, use_cache=use_cache)
     generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
@@ -152,6 +159,10 @@ def generate(
     pad_id = backbone.tokenizer.pad_token_id
     ids, mask = input_ids, attention_mask
     hidden, cache = backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
+    if soft_prefix is not None:  # then the soft tokens, after the prompt's cache (or with the whole context, below)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, soft_prefix.shape[1])], 1)
+        hidden, cache = (backbone.hidden_states(None, mask, position_ids(mask)[:, -soft_prefix.shape[1]:], past_key_values=cache, use_cache=True, inputs_embeds=soft_prefix)
+                         if use_cache else (recomputed_states(backbone, input_ids, ids[:, input_ids.shape[1]:], mask, soft_prefix), None))
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     lengths = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
     tokens: list[Tensor] = []
@@ -168,8 +179,17 @@ def generate(
         if use_cache:
             hidden, cache = backbone.hidden_states(token[:, None], mask, position_ids(mask)[:, -1:], past_key_values=cache, use_cache=True)
         else:
-            hidden, _ = backbone.hidden_states(ids, mask, position_ids(mask))
+            hidden = recomputed_states(backbone, input_ids, ids[:, input_ids.shape[1]:], mask, soft_prefix)
     return Generation(torch.stack(tokens, 1), lengths)
+
+
+def recomputed_states(backbone: Backbone, prompt_ids: Tensor, new_ids: Tensor, mask: Tensor, soft_prefix: Tensor | None) -> Tensor:
+    """The whole context's pre-norm states, computed afresh (the reference decode): the prompt, the
+    soft tokens if any, then the tokens generated so far."""
+    if soft_prefix is None:
+        return backbone.hidden_states(torch.cat((prompt_ids, new_ids), 1), mask, position_ids(mask))[0]
+    embeds = torch.cat((backbone.embed(prompt_ids), soft_prefix.to(backbone.dtype), backbone.embed(new_ids)), 1)
+    return backbone.hidden_states(None, mask, position_ids(mask), inputs_embeds=embeds)[0]
 
 
 def benchmark_decode(backbone: Backbone, *, new_tokens: int = 64, prompt_tokens: int = 32, batch_size: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, float]:

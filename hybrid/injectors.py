@@ -210,6 +210,8 @@ def build_bridge(config: HybridConfig, hidden_size: int, embed: Callable[[Tensor
 
 
 def build_injector(config: HybridConfig, hidden_size: int) -> Injector:
+    if config.injector == "prefix":
+        raise ValueError("the prefix injector is not position-wise: build it as hybrid.prefix.PrefixLM (hybrid.trainable.hybrid_trainable)")
     if config.injector == "grb":
         return GRB(config.d_h, hidden_size, config.grb_gate_init, config.relative_injection)
     return CAB(config.d_h, hidden_size, config.num_heads, config.cab_mem_tokens, config.cab_gate_init, config.rms_norm_eps, config.attn_backend, config.relative_injection)

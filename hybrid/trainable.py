@@ -72,3 +72,12 @@ class HybridTrainable(nn.Module):
         cond = self.lm.conditioning(hidden.float(), mask, mask.sum(1), n_segments=self.lm.config.eval_segments)
         out = generate(self.backbone, ids, mask, seeded(decode, generator), condition=cond.condition, logit_bias=cond.logit_bias, condition_layer=cond.layer)
         return out.answers(self.backbone.tokenizer, cond.segments_used)
+
+
+def hybrid_trainable(config: HybridConfig, backbone: Backbone, collator: Collator) -> nn.Module:
+    """The trainable for a controller config: soft-prefix injection (hybrid.prefix) or a cut's injector."""
+    if config.injector == "prefix":
+        from hybrid.prefix import PrefixTrainable  # it builds on this module's neighbours, not on it
+
+        return PrefixTrainable(config, backbone, collator)
+    return HybridTrainable(config, backbone, collator)

@@ -76,14 +76,14 @@ def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.backbone_dtype=fp8"]), overrides=[])
 
 
-def test_a_mid_depth_variant_is_evaluated_at_every_eval_segments_count(tmp_path):
+def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_count(tmp_path):
     tiny = [o for o in TINY if not o.startswith("suite.variants")]
-    overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *tiny, "suite.variants=[hrm_grb,hrm_grb_mid]", "++suite.eval_segments=[1,3]"]
+    overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *tiny, "suite.variants=[hrm_grb,hrm_grb_mid,hrm_prefix_centered]", "++suite.eval_segments=[1,3]"]
     plan = hybrid_suite.plan_from_config(compose_cfg(overrides), overrides)
     assert plan.eval_segments == (1, 3)
     rows = hybrid_suite.run_suite(plan)
-    assert [r["variant"] for r in rows] == ["hrm_grb", "hrm_grb@seg1", "hrm_grb@seg3", "hrm_grb_mid", "hrm_grb_mid@seg1", "hrm_grb_mid@seg3"]
-    assert [r["mean_halt_steps"] for r in rows] == [2.0, 1.0, 3.0, 2.0, 1.0, 3.0]
+    assert [r["variant"] for r in rows] == [f"{v}{s}" for v in ("hrm_grb", "hrm_grb_mid", "hrm_prefix_centered") for s in ("", "@seg1", "@seg3")]
+    assert [r["mean_halt_steps"] for r in rows] == [2.0, 1.0, 3.0] * 3
     table = (tmp_path / "hybrid-cpu.md").read_text()
     assert "| hrm_grb_mid@seg3 |" in table and "after half the LLM's layers" in table
 

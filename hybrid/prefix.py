@@ -1,0 +1,152 @@
+"""Prefix injection: z_H becomes m soft tokens that the whole frozen LLM reads before the answer.
+
+    x      = bridge(prompt states at the cut)                                (B, d_h)
+    for each segment m = 1..M of the controller (deep supervision):
+        soft_m   = gain · RMS(prompt embeddings) · rmsnorm(W z_H^m)          (B, m, D)
+        logits_m = LLM(prompt ++ soft_m ++ answer), at the states that predict the answer
+        loss_m   = CE on the answer tokens
+
+As the HRM-LM prototype's prefix, the soft tokens are read by every layer through attention, so
+the LLM itself turns them into a multi-token answer (after-last-layer GRB adds one vector to
+every answer position and cannot; see hybrid.injectors). They sit after the prompt, not before
+it: the prompt's states, which the controller reads, do not depend on them (causal attention), so
+one prompt pass gives both the controller's input and the KV cache the soft tokens and answer
+continue from. Each training step runs the whole LLM over m + answer tokens per segment, with
+gradient through its frozen layers to the soft tokens; decoding reads the soft tokens into the KV
+cache once, after the prompt (hybrid.generate).
+
+Scale: the soft tokens start at the RMS of the row's own prompt embeddings (per model: SmolLM2's
+embeddings are small, Gemma scales its embeddings by sqrt(D) inside the model), so at step 0 they
+look like tokens to the LLM; a learned gain adjusts it. There is no gate that recovers the LLM
+exactly: m extra tokens always change its context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from hybrid.backbone import Backbone
+from hybrid.baselines import seeded
+from hybrid.config import HybridConfig
+from hybrid.controller import build_controller
+from hybrid.generate import Answers, DecodeConfig, generate, position_ids
+from hybrid.injectors import build_bridge
+from hybrid.model import token_mean_loss
+from hybrid.tasks import Collator, Example, pad
+from hybrid.train import CorrectFn
+from puzzle_hrm.layers import CastedLinear, rms_norm
+
+
+class SoftPrefix(nn.Module):
+    """z_H (B, d_h) -> m soft tokens (B, m, D) at `scale` (B,) times a learned gain."""
+
+    def __init__(self, d_h: int, hidden_size: int, tokens: int, eps: float) -> None:
+        super().__init__()
+        self.tokens, self.eps = tokens, eps
+        self.proj = CastedLinear(d_h, tokens * hidden_size, bias=False)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, z_H: Tensor, scale: Tensor) -> Tensor:
+        soft = self.proj(z_H).view(z_H.shape[0], self.tokens, -1)  # (B, m, D)
+        return rms_norm(soft, self.eps) * (self.gain * scale).view(-1, 1, 1)
+
+
+@dataclass
+class PromptRead:
+    """One pass of the frozen LLM over left-padded prompts: what the controller and the soft tokens need."""
+
+    hidden: Tensor  # (B, P, D) float32: the states at the bridge's cut
+    cache: Any  # the prompt's KV cache, every layer
+    mask: Tensor  # (B, P)
+    scale: Tensor  # (B,) RMS of each row's prompt input embeddings
+
+
+class PrefixLM(nn.Module):
+    """Bridge, controller and soft prefix (the trainable parts) over a frozen backbone."""
+
+    def __init__(self, config: HybridConfig, backbone: Backbone) -> None:
+        super().__init__()
+        if config.injector != "prefix":
+            raise ValueError(f"PrefixLM is the prefix injector's model, got injector={config.injector!r}")
+        self.config = config
+        self.backbone = backbone  # frozen, not registered (a dataclass, not a module)
+        self.layer = backbone.layer_at(config.inject_depth)  # where the bridge reads the prompt; None: the pre-norm last states
+        self.bridge = build_bridge(config, backbone.hidden_size, backbone.embed)
+        self.controller = build_controller(config)
+        self.prefix = SoftPrefix(config.d_h, backbone.hidden_size, config.prefix_tokens, config.rms_norm_eps)
+
+    @torch.no_grad()
+    def read_prompts(self, input_ids: Tensor, attention_mask: Tensor) -> PromptRead:
+        hidden, cache = self.backbone.hidden_states(input_ids, attention_mask, position_ids(attention_mask), use_cache=True, layer=self.layer)
+        embedded = self.backbone.embed(input_ids).float()
+        per_token = embedded.square().mean(-1)  # (B, P)
+        scale = (per_token * attention_mask).sum(1).div(attention_mask.sum(1)).sqrt()
+        return PromptRead(hidden.float(), cache, attention_mask, scale)
+
+    def soft_prefixes(self, prompts: PromptRead, n_segments: int) -> Iterator[Tensor]:
+        """Each segment's soft tokens (B, m, D)."""
+        x = self.bridge(prompts.hidden, prompts.mask, prompts.mask.sum(1))
+        for out in self.controller.segments(x, n_segments):
+            yield self.prefix(out.z_H, prompts.scale)
+
+    def answer_logits(self, prompts: PromptRead, answer_ids: Tensor, answer_mask: Tensor, n_segments: int) -> list[Tensor]:
+        """Teacher-forced, per segment: the logits (N, V) that predict the answer tokens, in the
+        order of answer_mask (B, A) (right-padded answers). All segments run through the LLM together."""
+        softs = list(self.soft_prefixes(prompts, n_segments))
+        M, m = len(softs), self.config.prefix_tokens
+        answers = self.backbone.embed(answer_ids).float()  # (B, A, D)
+        inputs = torch.cat([torch.cat((soft, answers), 1) for soft in softs])  # (M·B, m + A, D)
+        mask = torch.cat((torch.ones_like(answer_mask[:, :1]).expand(-1, m), answer_mask), 1).repeat(M, 1)
+        kv = self.backbone.upper_kv(prompts.cache, -1).permute(0, 2, 3, 4, 1, 5)  # (B, layers, 2, KV heads, P, head dim)
+        top = self.backbone.top_states(inputs, mask, -1, kv.repeat(M, 1, 1, 1, 1, 1), prompts.mask.repeat(M, 1))
+        predicting = top[:, m - 1 : -1]  # (M·B, A, D): the last soft token predicts the first answer token
+        selected = predicting[answer_mask.bool().repeat(M, 1)]  # (M·N, D), segment-major
+        return list(self.backbone.logits(selected).chunk(M))
+
+
+class PrefixTrainable(nn.Module):
+    """PrefixLM behind the `Trainable` protocol: live LLM passes (the soft tokens change what every
+    layer computes for the answer, so only the prompt pass could be cached)."""
+
+    uses_cached_states = False
+
+    def __init__(self, config: HybridConfig, backbone: Backbone, collator: Collator) -> None:
+        super().__init__()
+        self.lm = PrefixLM(config, backbone)  # its parameters and state_dict are the trainable parts only
+        self.backbone = backbone
+        self.collator = collator
+
+    def _prompts(self, examples: list[Example]) -> PromptRead:
+        prompts = self.collator.prompts(examples)
+        return self.lm.read_prompts(prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device))
+
+    def gold_answer_logits(self, examples: list[Example], n_segments: int) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Teacher-forced on the gold answers: each segment's logits (N, V), the targets (N,) and each target's row (N,)."""
+        answer_ids, answer_mask = (t.to(self.backbone.device) for t in pad(self.collator.target_ids(examples), self.backbone.tokenizer.pad_token_id, "right"))
+        logits = self.lm.answer_logits(self._prompts(examples), answer_ids, answer_mask, n_segments)
+        return logits, answer_ids[answer_mask.bool()], answer_mask.nonzero()[:, 0]
+
+    def training_loss(self, batch: dict[str, Any], correct_fn: CorrectFn | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Deep supervision: the sum over segments of the token-mean CE on the answer tokens (`correct_fn` unused: no ACT)."""
+        logits, targets, _ = self.gold_answer_logits(batch["examples"], self.lm.config.segments)
+        losses = torch.stack([token_mean_loss(segment, targets, self.lm.config.loss_type) for segment in logits])
+        return losses.sum(), {"loss": float(losses.sum().detach()), "lm_loss": float(losses[-1].detach())}
+
+    @torch.no_grad()
+    def answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
+        """In eval mode (a centered bridge then uses its running statistics), restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            prompts = self.collator.prompts(examples)
+            ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
+            n = self.lm.config.eval_segments
+            soft = list(self.lm.soft_prefixes(self.lm.read_prompts(ids, mask), n))[-1]
+            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft)
+            return out.answers(self.backbone.tokenizer, torch.full((len(examples),), n))
+        finally:
+            self.train(was_training)

@@ -1,0 +1,103 @@
+"""Prefix injection: the teacher-forced logits are the whole sequence's (prompt ++ soft tokens ++
+answer) through the LLM's own forward, decoding reads the same soft tokens (cache = recompute =
+training), and only the controller side trains."""
+
+import pytest
+import torch
+
+from hybrid.backbone import tiny_backbone
+from hybrid.config import HybridConfig
+from hybrid.generate import DecodeConfig, generate
+from hybrid.prefix import PrefixTrainable
+from hybrid.tasks import AdditionTask, Collator, pad
+from hybrid.trainable import hybrid_trainable
+from tests.hybrid.test_lora import one_thread  # noqa: F401 (autouse: one intra-op thread for tiny models)
+
+from .tiny import tiny_config
+
+TASK = AdditionTask(digits=2)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone(seed=0, num_layers=3, initializer_range=0.2)
+
+
+def trainable(backbone, **overrides) -> PrefixTrainable:
+    torch.manual_seed(0)
+    config = tiny_config(**{"injector": "prefix", "logit_bias_head": False, "prefix_tokens": 3, **overrides})
+    built = hybrid_trainable(config, backbone, Collator(backbone.tokenizer, backbone.max_positions))
+    assert isinstance(built, PrefixTrainable)
+    return built
+
+
+def answers(model: PrefixTrainable, examples):
+    return pad(model.collator.target_ids(examples), model.backbone.tokenizer.pad_token_id, "right")
+
+
+@pytest.mark.parametrize("depth", [1.0, 0.5])
+def test_teacher_forced_logits_are_the_whole_sequences(backbone, depth):
+    model = trainable(backbone, inject_depth=depth)
+    examples = TASK.examples("train", 3, seed=0)
+    prompts = model.collator.prompts(examples)
+    read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
+    answer_ids, answer_mask = answers(model, examples)
+    logits = model.lm.answer_logits(read, answer_ids, answer_mask, n_segments=2)
+    softs = list(model.lm.soft_prefixes(read, 2))
+    m = model.lm.config.prefix_tokens
+    for segment, soft in zip(logits, softs, strict=True):
+        expected = []
+        for row in range(len(examples)):
+            prompt = prompts["input_ids"][row][prompts["attention_mask"][row].bool()]
+            answer = answer_ids[row][answer_mask[row].bool()]
+            embeds = torch.cat((backbone.embed(prompt), soft[row], backbone.embed(answer))).unsqueeze(0)
+            out = backbone.model(inputs_embeds=embeds).logits[0]  # one unpadded row, the model's own forward
+            expected.append(out[len(prompt) + m - 1 : -1])
+        torch.testing.assert_close(segment, torch.cat(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_reads_the_soft_tokens_as_training_does(backbone):
+    model = trainable(backbone)
+    examples = TASK.examples("eval", 3, seed=1)
+    prompts = model.collator.prompts(examples)
+    read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
+    soft = list(model.lm.soft_prefixes(read, 3))[-1]
+    decode = DecodeConfig(max_new_tokens=5)
+    cached = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=soft)
+    recomputed = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=soft, use_cache=False)
+    assert torch.equal(cached.tokens, recomputed.tokens)
+    plain = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode)
+    assert not torch.equal(cached.tokens, plain.tokens)  # the soft tokens reach the output
+    # teacher forcing on the decoded tokens predicts those very tokens (greedy = argmax of the training logits)
+    mask = torch.ones_like(cached.tokens)
+    logits = model.lm.answer_logits(read, cached.tokens, mask, n_segments=3)[-1]
+    assert torch.equal(logits.argmax(-1), cached.tokens.reshape(-1))
+    text = model.answer(examples, decode, torch.Generator().manual_seed(0))
+    assert text.texts == cached.texts(backbone.tokenizer) and text.segments_used == [3, 3, 3]
+
+
+def test_only_the_controller_side_trains_and_the_loss_drops(backbone):
+    model = trainable(backbone)
+    frozen = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    batch = model.collator(TASK.examples("train", 8, seed=0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        loss, metrics = model.training_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            grads = {name: p.grad for name, p in model.named_parameters()}
+            for part in ("lm.bridge.", "lm.controller.", "lm.prefix.proj", "lm.prefix.gain"):
+                assert any(name.startswith(part) and g is not None and g.abs().sum() > 0 for name, g in grads.items()), part
+        optimizer.step()
+        losses.append(metrics["lm_loss"])
+    assert sum(losses[-5:]) / 5 < 0.7 * losses[0], losses
+    assert all(torch.equal(backbone.model.state_dict()[k], v) for k, v in frozen.items())
+    assert not any(name.startswith("backbone") for name in model.state_dict())
+
+
+def test_prefix_refuses_what_it_cannot_condition():
+    for option in ({"logit_bias_head": True}, {"use_act": True, "logit_bias_head": False}, {"controller": "oracle", "logit_bias_head": False}):
+        with pytest.raises(ValueError, match="prefix injector conditions through soft tokens only"):
+            HybridConfig(injector="prefix", **option)
