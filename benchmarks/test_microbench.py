@@ -1,13 +1,13 @@
 """CPU micro-benchmarks under pytest-benchmark: `python -m pytest benchmarks --benchmark-enable`.
 
-The workloads are defined once in `hrm_bench.microbench`; `python -m hrm_bench.regress` (CI) times
+The workloads are defined once in `hrm_bench.perf.microbench`; `python -m hrm_bench.perf.regress` (CI) times
 the same ones, with the same process settings, against a committed baseline. This folder is outside
 `testpaths`, so `python -m pytest` does not collect it.
 """
 
 import pytest
 
-from hrm_bench.microbench import CALIBRATION, WORKLOADS, Bench, Workload, configure_process
+from hrm_bench.perf.microbench import CALIBRATION, WORKLOADS, Bench, Workload, configure_process
 
 
 @pytest.fixture(scope="session", autouse=True)

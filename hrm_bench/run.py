@@ -336,14 +336,14 @@ def resume_command() -> str:
 def main(cfg: DictConfig) -> None:
     with refusals(resume_hint=resume_command()):
         if cfg.suite.get("kind") == "hybrid":  # the frozen-LLM comparison has its own runner
-            from hrm_bench import hybrid_suite
+            from hrm_bench.suites import hybrid as hybrid_suite  # not the top-level hybrid package
 
             hybrid_suite.main(cfg, cli_overrides())
             return
         if cfg.suite.get("kind") == "sweep":  # several runs of this runner, one table (suite=variants / ablations)
-            from hrm_bench import sweep_suite
+            from hrm_bench.suites import sweep
 
-            sweep_suite.main(cfg)
+            sweep.main(cfg)
             return
         init_distributed()
         try:

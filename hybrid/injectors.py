@@ -34,7 +34,7 @@ class PromptBridge(nn.Module):
     centered: standardise each pooled feature over the training questions instead (BatchNorm
     without gain: batch statistics in training, running ones in evaluation and decoding). The
     prompts share the chat template, so RMS-normalised pooled vectors differ between questions
-    by ~2.5 % of their norm (SmolLM2, hrm_bench.hybrid_diagnose), and the controller learns to
+    by ~2.5 % of their norm (SmolLM2, hrm_bench.suites.hybrid_diagnose), and the controller learns to
     ignore that sliver: its z_H ends the same for every question.
     """
 

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from hrm_bench.curves import compare
+from hrm_bench.perf.curves import compare
 
 
 def test_compare_measures_fast_against_the_bf16_yardstick():

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.hybrid_diagnose` on a tiny random LLM: the capacity checks that stay.
+"""`python -m hrm_bench.suites.hybrid_diagnose` on a tiny random LLM: the capacity checks that stay.
 
 The tiny Llama gets initializer_range 0.2, so its logits spread like a trained model's (at the
 default 0.02 they span ~0.2 and no conditioning can drive the CE down). 8 questions, 100 steps.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hrm_bench import hybrid_diagnose
+from hrm_bench.suites import hybrid_diagnose
 from hybrid.backbone import tiny_backbone
 from hybrid.tasks import Collator
 from hybrid.train import HybridTrainConfig, TrainData
@@ -66,7 +66,7 @@ def test_gradient_norms_undo_the_clipping():
 
 
 def test_lora_variants_name_the_parameter_count_they_match():
-    from hrm_bench.hybrid_diagnose import lora_match
+    from hrm_bench.suites.hybrid_diagnose import lora_match
 
     assert lora_match("lora") == "hrm_grb"  # as the suite
     assert lora_match("lora@hrm_cab_rel_centered") == "hrm_cab_rel_centered"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from hrm_bench import hybrid_suite
+from hrm_bench.suites import hybrid as hybrid_suite
 from hrm_bench.run import REPO_ROOT
 
 CONF = REPO_ROOT / "hrm_bench" / "conf"

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from hrm_bench import regress
-from hrm_bench.microbench import CALIBRATION, WORKLOADS
+from hrm_bench.perf import regress
+from hrm_bench.perf.microbench import CALIBRATION, WORKLOADS
 
 CAL = CALIBRATION.name
 

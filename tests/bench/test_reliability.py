@@ -3,7 +3,7 @@ uninterrupted run (puzzle loop and hybrid loop), SIGINT exits 130 with a resume 
 another configuration and an unwritable results folder are one-line refusals, two concurrent
 appenders keep all 200 rows."""
 
-from hrm_bench import reliability
+from hrm_bench.checks import reliability
 
 
 def test_fast_reliability_cases_lose_nothing_and_refuse_in_one_line(tmp_path):

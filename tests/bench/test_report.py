@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from hrm_bench import report
+from hrm_bench.report import seed_tables
 
 
 def rows(*entries):
@@ -21,7 +21,7 @@ TABLE = rows(
 
 
 def test_newest_row_per_variant_and_seed_and_mean_std_over_seeds():
-    summary = report.seed_summary(report.select_rows(TABLE, "hybrid", None, None, None), "verifier_accuracy")
+    summary = seed_tables.seed_summary(seed_tables.select_rows(TABLE, "hybrid", None, None, None), "verifier_accuracy")
     assert list(summary.index) == ["a", "b"]
     assert summary.loc["a", "mean"] == pytest.approx(0.3)
     assert summary.loc["a", "std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.2, 0.4
@@ -30,15 +30,15 @@ def test_newest_row_per_variant_and_seed_and_mean_std_over_seeds():
 
 
 def test_since_filter_and_no_match_error():
-    assert len(report.select_rows(TABLE, "hybrid", "2026-01-02T00:00:01Z", None, None)) == 2
-    assert len(report.select_rows(TABLE, "hybrid", None, None, None, until="2026-01-02T00:00:01Z")) == 1  # a's seed 0, re-run
+    assert len(seed_tables.select_rows(TABLE, "hybrid", "2026-01-02T00:00:01Z", None, None)) == 2
+    assert len(seed_tables.select_rows(TABLE, "hybrid", None, None, None, until="2026-01-02T00:00:01Z")) == 1  # a's seed 0, re-run
     with pytest.raises(ValueError, match="no rows of suite 'maze'"):
-        report.select_rows(TABLE, "maze", None, None, None)
+        seed_tables.select_rows(TABLE, "maze", None, None, None)
 
 
 def test_markdown_and_plot_files(tmp_path):
     TABLE.to_csv(tmp_path / "runs.csv", index=False)
-    report.main(["--suite", "hybrid", "--results-dir", str(tmp_path)])
+    seed_tables.main(["--suite", "hybrid", "--results-dir", str(tmp_path)])
     text = (tmp_path / "hybrid-seeds.md").read_text()
     # columns: metric, seeds, token acc, mean segments, params, train ex/s, decode tok/s, peak mem (absent columns stay empty)
     assert "| a | 0.300 ± 0.141 | 2 |  |  | 10 | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  |  | 0 |  |  |  |" in text
@@ -47,6 +47,6 @@ def test_markdown_and_plot_files(tmp_path):
 
 def test_side_columns_are_means_over_seeds():
     table = TABLE.assign(mean_halt_steps=[9, 2.0, 3.0, None, 1], decode_tokens_per_s=[1, 10.0, 20.0, 30.0, 1], peak_mem_gib=[1, 1.0, 2.0, 0.5, 1])
-    summary = report.seed_summary(report.select_rows(table, "hybrid", None, None, None), "verifier_accuracy")
+    summary = seed_tables.seed_summary(seed_tables.select_rows(table, "hybrid", None, None, None), "verifier_accuracy")
     assert summary.loc["a", ["mean_halt_steps", "decode_tokens_per_s", "peak_mem_gib"]].tolist() == [2.5, 15.0, 1.5]
     assert math.isnan(summary.loc["b", "mean_halt_steps"]) and summary.loc["b", "decode_tokens_per_s"] == 30.0

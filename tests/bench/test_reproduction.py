@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from hrm_bench import records, report, reproduction, run_logs
+from hrm_bench import records, run_logs
+from hrm_bench.report import reproduction, seed_tables
 
 
 def run_row(suite, seed, value, hardware="h100", steps=1000, data="sudoku-extreme-standin-1k-aug-1000", date="2026-12-01T10:00:00Z"):
@@ -36,7 +37,7 @@ def results(tmp_path):
 
 
 def test_report_renders_from_rows_reference_numbers_and_run_files(results):
-    report.main(["--results-dir", str(results)])
+    seed_tables.main(["--results-dir", str(results)])
     text = (results / "REPORT.md").read_text()
     refs = reproduction.read_references()
     paper = refs[(refs["kind"] == "paper") & (refs["benchmark"] == "sudoku")]["value"].iloc[0]

@@ -26,9 +26,9 @@ def compose_cfg(overrides: list[str]):
 def test_every_config_composes_and_plans_or_names_the_missing_gpu(suite, model, hardware):
     cfg = compose_cfg([f"suite={suite}", f"model={model}", f"hardware={hardware}"])
     if cfg.suite.get("kind") == "hybrid":
-        pytest.skip("planned by hrm_bench.hybrid_suite (tests/bench/test_hybrid_suite.py)")
+        pytest.skip("planned by hrm_bench.suites.hybrid (tests/bench/test_hybrid_suite.py)")
     if cfg.suite.get("kind") == "sweep":
-        pytest.skip("planned by hrm_bench.sweep_suite, every run of it (tests/bench/test_sweep_suite.py)")
+        pytest.skip("planned by hrm_bench.suites.sweep, every run of it (tests/bench/test_sweep_suite.py)")
     if hardware in ("cpu", "auto"):
         plan = bench_run.plan_from_config(cfg, overrides=[])
         assert plan.profile.name == "cpu" and plan.arch.forward_dtype == "float32"

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.scaling` on CPU: torchrun with 1 and 2 gloo processes, the batch split, the same training."""
+"""`python -m hrm_bench.perf.scaling` on CPU: torchrun with 1 and 2 gloo processes, the batch split, the same training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from hrm_bench import scaling
+from hrm_bench.perf import scaling
 
 
 def test_two_processes_train_as_one_and_rows_are_written(tmp_path):

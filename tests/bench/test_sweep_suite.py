@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hrm_bench import sweep_suite
+from hrm_bench.suites import sweep
 from hrm_bench.records import RUN_COLUMNS
 from hrm_bench.run import REPO_ROOT
 
@@ -25,10 +25,10 @@ def hydra_conf():
 def test_every_run_of_the_cpu_tier_plans(hydra_conf, suite):
     from hrm_bench import run as bench_run
 
-    plan = sweep_suite.plan_from_config(compose_cfg([f"suite={suite}", "hardware=cpu"]))
+    plan = sweep.plan_from_config(compose_cfg([f"suite={suite}", "hardware=cpu"]))
     for base in plan.bases:
         for label in plan.variants:
-            overrides = sweep_suite.run_overrides(plan, base, label, plan.seeds[0])
+            overrides = sweep.run_overrides(plan, base, label, plan.seeds[0])
             run_plan = bench_run.plan_from_config(compose_cfg(overrides), overrides=overrides)
             assert run_plan.variant == label and run_plan.profile.name == "cpu"
             assert run_plan.train.max_steps <= 300 and run_plan.train.max_train_seconds is None  # step budgets: same result under load
@@ -37,10 +37,10 @@ def test_every_run_of_the_cpu_tier_plans(hydra_conf, suite):
 def test_ablation_knobs_reach_the_run(hydra_conf):
     from hrm_bench import run as bench_run
 
-    plan = sweep_suite.plan_from_config(compose_cfg(["suite=ablations", "hardware=cpu"]))
+    plan = sweep.plan_from_config(compose_cfg(["suite=ablations", "hardware=cpu"]))
 
     def planned(base, label):
-        overrides = sweep_suite.run_overrides(plan, base, label, 0)
+        overrides = sweep.run_overrides(plan, base, label, 0)
         return bench_run.plan_from_config(compose_cfg(overrides), overrides=overrides)
 
     assert planned("sudoku", "act_test_2x").train.eval_halt_max_steps == 4  # the cpu block's value wins
@@ -48,8 +48,8 @@ def test_ablation_knobs_reach_the_run(hydra_conf):
     assert planned("sudoku", "num_aug").data["output_dir"] == "datasets/sudoku-cpu-ablation-aug-4"
     assert planned("sudoku", "full_gradient").arch.one_step_gradient is False
     assert planned("sudoku", "bce_halting").arch.act_continue_loss is False
-    variants = sweep_suite.plan_from_config(compose_cfg(["suite=variants", "hardware=cpu"]))
-    trm = bench_run.plan_from_config(compose_cfg(o := sweep_suite.run_overrides(variants, "sudoku", "trm_mlp", 1)), overrides=o)
+    variants = sweep.plan_from_config(compose_cfg(["suite=variants", "hardware=cpu"]))
+    trm = bench_run.plan_from_config(compose_cfg(o := sweep.run_overrides(variants, "sudoku", "trm_mlp", 1)), overrides=o)
     assert (trm.model_name, trm.arch.mlp_t, trm.arch.L_cycles, trm.train.ema, trm.seed) == ("trm_mlp", True, 2, True, 1)
 
 
@@ -61,7 +61,7 @@ def test_a_tiny_sweep_writes_rows_a_table_and_a_plot(hydra_conf, tmp_path):
     OmegaConf.update(cfg, "suite.overrides", [f"suite.cpu.data.output_dir={tmp_path / 'data'}", "suite.cpu.data.num_train=64",
                                               "suite.cpu.data.num_test=16", "++suite.train.log_every=2"])
     OmegaConf.update(cfg, "suite.cpu.overrides", ["++suite.train.max_steps=2", "++suite.train.max_train_seconds=60", "++suite.train.progress=false"])
-    rows = sweep_suite.main(cfg)["sudoku"]
+    rows = sweep.main(cfg)["sudoku"]
     assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in ("hrm", "trm", "trm_mlp", "transformer") for s in (0, 1)]
     table = pd.read_csv(tmp_path / "results" / "runs.csv")
     assert list(table.columns) == list(RUN_COLUMNS) and set(table["suite"]) == {"variants"}

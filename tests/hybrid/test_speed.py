@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hrm_bench import hybrid_speed
+from hrm_bench.perf import hybrid_speed
 
 
 def test_speed_report_is_written(tmp_path):

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.curves`: does the fast path compute the same training as the reference?
+"""`python -m hrm_bench.perf.curves`: does the fast path compute the same training as the reference?
 
 Trains the same HRM from the same init on the same batches (seeded loader) three ways for N steps:
 `reference` (eager, bf16 on GPU), `fast` (torch.compile, bf16) and `reference-fp32` (eager,
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "curves.csv", table.to_csv())
-    stamp = records.run_stamp("hrm_bench.curves", Path(__file__).resolve().parents[1])
+    stamp = records.run_stamp("hrm_bench.perf.curves", Path(__file__).resolve().parents[2])
     meta = {**stamp, "device": profile.device_name, "batch": args.batch, "steps": args.steps, "window": args.window,
             "compile_mode": args.compile_mode, **summary}
     atomic_write_text(results / "curves.json", json.dumps(meta, indent=1))

@@ -7,7 +7,7 @@ be, run by `hrm_bench.run.run` (data, training, evaluation, scoring, one row in 
 suite=<sweep name>, variant=<label>), so nothing here trains or scores. The sweep's `cpu:` / `gpu:`
 block adds overrides for every variant (`overrides`) and per variant (`variants`), and may replace
 the seeds. At the end, per base: results/<sweep>-<base>-<hardware profile>.md, mean ± std over
-seeds (hrm_bench.report) with throughput beside the metric, and a bar plot (.png) beside it.
+seeds (hrm_bench.report.seed_tables) with throughput beside the metric, and a bar plot (.png) beside it.
 `{base}` in an override is replaced by the base suite's name.
 """
 
@@ -22,8 +22,9 @@ import pandas as pd
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from hrm_bench import records, report
+from hrm_bench import records
 from hrm_bench.profiles import detect_profile
+from hrm_bench.report import seed_tables
 from puzzle_hrm.data.format import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,8 @@ def run_one(plan: SweepPlan, base: str, label: str, seed: int) -> dict:
 
 def table(plan: SweepPlan, base: str, rows: list[dict]) -> str:
     metric = plan.metrics[base]
-    summary = report.seed_summary(pd.DataFrame(rows), metric)
-    stamp = records.run_stamp("hrm_bench.run", Path(__file__).resolve().parents[1])
+    summary = seed_tables.seed_summary(pd.DataFrame(rows), metric)
+    stamp = records.run_stamp("hrm_bench.run", Path(__file__).resolve().parents[2])
     first = rows[0]
     header = (
         f"# {plan.name} on {base}: {metric} over seeds\n\n"
@@ -117,9 +118,9 @@ def table(plan: SweepPlan, base: str, rows: list[dict]) -> str:
         + f"Every run: `{' '.join(plan.common + plan.base_overrides[base]) or '(the base suite as it is)'}`; the variants:\n\n"
         + "\n".join(f"- {label}: `{' '.join(last_per_key(overrides)).replace('{base}', base) or '(none)'}`" for label, overrides in plan.variants.items())
     )
-    report.plot(summary, metric, plan.results_dir / f"{plan.name}-{base}-{plan.profile_name}.png",
+    seed_tables.plot(summary, metric, plan.results_dir / f"{plan.name}-{base}-{plan.profile_name}.png",
                 f"{plan.name} on {base} ({first['hardware']}): {metric}, mean ± std over {len(plan.seeds)} seeds")
-    return report.markdown(summary, metric, header)
+    return seed_tables.markdown(summary, metric, header)
 
 
 def run_suite(plan: SweepPlan) -> dict[str, list[dict]]:

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.profile_step`: where the GPU time of one HRM training step goes.
+"""`python -m hrm_bench.perf.profile_step`: where the GPU time of one HRM training step goes.
 
 Two numbers before any optimisation (the device library's METHOD.md):
 1. The GEMM floor: every matmul of one training step timed alone at its real shape (bf16, CUDA
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from hrm_bench.perf import SHAPES, Levers, build_bench
+from hrm_bench.perf.throughput import SHAPES, Levers, build_bench
 from hrm_bench.profiles import detect_profile
 from puzzle_hrm.config import HRMConfig
 from puzzle_hrm.train import synchronize

@@ -4,7 +4,7 @@ does more test-time compute buy. Written by `python -m hrm_bench.report` (no arg
 Inputs, all committed: results/runs.csv (one row per run), results/evals/*.csv and results/logs/*.log
 (every evaluation during training), results/test_time/*.json (curves of the final evaluation),
 results/perf.csv (throughput), datasets/sources/*/provenance.json (data), and the paper / peer /
-rerun numbers with their sources in hrm_bench/reference_numbers.csv. Nothing in the report is typed
+rerun numbers with their sources in hrm_bench/report/reference_numbers.csv. Nothing in the report is typed
 by hand: every number comes from one of these files, and every table row names its run's date and
 command. Plots go to results/report/*.png.
 """
@@ -22,7 +22,7 @@ from hrm_bench import records, run_logs
 from puzzle_hrm.data.arc import DEFAULT_ARC_ARCHIVE, read_tasks
 from puzzle_hrm.data.format import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = Path(__file__).with_name("reference_numbers.csv")
 BENCHMARKS = {  # suite -> (benchmark of reference_numbers.csv, headline metric)
     "sudoku": ("sudoku", "exact_accuracy"),
@@ -52,7 +52,7 @@ def recipe(suite: str) -> dict:
     group count, its optimizer steps (official epochs x groups / global batch; ARC's depend on the build)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(Path(__file__).with_name("conf")), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         gpu = compose(config_name="config", overrides=[f"suite={suite}"]).suite.gpu
     groups = gpu.data.get("subsample_size") or gpu.data.get("num_train")
     steps = int(gpu.train.epochs * groups // gpu.train.global_batch_size) if groups else None
@@ -123,7 +123,7 @@ def summary_section(refs: pd.DataFrame, ours: pd.DataFrame) -> list[str]:
             paper = ref[ref["kind"] == "paper"]["value"]
             gap = f"{100 * (paper.iloc[0] - run['mean']):.1f} points below" if len(paper) else ""
         lines.append(f"| {title} | {metric} | {cell['paper']} | {cell['peer']} | {cell['verified']} | {cell['rerun']} | {mine} | {gap} |")
-    lines += ["", "Sources (hrm_bench/reference_numbers.csv):", ""]
+    lines += ["", "Sources (hrm_bench/report/reference_numbers.csv):", ""]
     lines += [f"- {r.who}, {TITLES[r.benchmark]} ({r.setting}): {pct(r.value)} — {r.source}" + (f" ({r.note})" if r.note else "")
               for r in refs.itertuples()]
     return lines + [""]
@@ -314,7 +314,7 @@ def write_report(results_dir: Path) -> Path:
     lines = [
         "# Reproduction report: HRM (arXiv 2506.21734) in hrm-bench", "",
         f"Made by `{stamp['command'].strip()}` at commit {stamp['commit']} on {stamp['date']} from results/runs.csv "
-        f"({len(runs)} rows), results/evals, results/logs, results/test_time, results/perf.csv and hrm_bench/reference_numbers.csv. "
+        f"({len(runs)} rows), results/evals, results/logs, results/test_time, results/perf.csv and hrm_bench/report/reference_numbers.csv. "
         "Rows marked stand-in were not trained on the official data and are not directly comparable with the paper.", "",
         *summary_section(refs, ours), *benchmark_sections(refs, ours),
         "## Training curves", "", "Exact accuracy on the test split at every evaluation of every run (results/evals/*.csv; "

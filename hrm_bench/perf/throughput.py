@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from hrm_bench import metrics, records
-from hrm_bench.official_code import OfficialBench
+from hrm_bench.perf.official_code import OfficialBench
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hrm_bench.run import REPO_ROOT
 from puzzle_hrm.config import HRMConfig
@@ -130,7 +130,7 @@ def build_bench(cfg: HRMConfig, path: str, device: torch.device, levers: Levers 
 def measure(cfg: HRMConfig, path: str, steps: int, eval_batches: int, device: torch.device, levers: Levers = Levers(),
             official_dir: str | None = None) -> dict:
     """Warm-up (compile) time, training examples/s, evaluation puzzles/s and peak memory.
-    path "official": the official implementation at `official_dir` (hrm_bench.official_code)."""
+    path "official": the official implementation at `official_dir` (hrm_bench.perf.official_code)."""
     torch._dynamo.reset()  # a fresh compile per measurement (no recompile limit reached across a sweep)
     if path == "official":
         bench = OfficialBench(official_dir, cfg, device, fixed_batches(cfg, device))
@@ -168,7 +168,7 @@ def perf_row(profile: HardwareProfile, cfg: HRMConfig, shape: str, path: str, le
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hrm_bench.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), nargs="+", default=["sudoku"])
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="default: the profile's batch size")
     parser.add_argument("--path", choices=["reference", "fast", "official"], nargs="+", default=["reference", "fast"])
@@ -200,7 +200,3 @@ def main(argv: list[str] | None = None) -> None:
                 records.append_row(f"{args.results_dir}/perf.csv", row, records.PERF_COLUMNS, PERF_HEADER)
                 print(f"{shape} batch={batch} {path} [{levers.config}]: train {row['train_examples_per_s']:.0f} ex/s, eval {row['eval_puzzles_per_s']:.0f} puzzles/s, "
                       f"{row['tflops']:.1f} TFLOP/s, peak {row['peak_mem_gib']:.2f} GiB, warm-up {row['warmup_s']:.1f} s", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.hybrid_diagnose`: why an HRM controller does or does not learn, per variant.
+"""`python -m hrm_bench.suites.hybrid_diagnose`: why an HRM controller does or does not learn, per variant.
 
 On a small fixed training set (64 questions by default) every variant trains with the suite's
 loop pieces (hybrid.train: data order, AdamW, clipping, one `train_step`) and reports:
@@ -6,7 +6,7 @@ loop pieces (hybrid.train: data order, AdamW, clipping, one `train_step`) and re
 - the injector's gate (sigmoid) at each checkpoint,
 - teacher-forced answer CE and exact match (every answer token right) on the training set (can it
   overfit?) and on held-out questions, at each checkpoint.
-Variants: the suite's (hybrid_suite.HRM_VARIANTS), LoRA at hrm_grb's parameter count (`lora@<variant>`:
+Variants: the suite's (hrm_bench.suites.hybrid.HRM_VARIANTS), LoRA at hrm_grb's parameter count (`lora@<variant>`:
 at that variant's), the
 controller ablations (plain MLP / transformer controller, full backpropagation through a segment
 or through all segments) and the oracle (the injector handed the gold answer's embedding: the
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from hrm_bench.hybrid_suite import HRM_VARIANTS
+from hrm_bench.suites.hybrid import HRM_VARIANTS
 from hybrid.backbone import Backbone, backbone_by_name
 from hybrid.config import HybridConfig
 from hybrid.features import FeatureBatch, FeatureCache

@@ -1,6 +1,6 @@
-"""`python -m hrm_bench.regress`: the CPU performance-regression check that CI runs.
+"""`python -m hrm_bench.perf.regress`: the CPU performance-regression check that CI runs.
 
-Times the micro-benchmark workloads of `hrm_bench.microbench` (the same ones `benchmarks/` runs
+Times the micro-benchmark workloads of `hrm_bench.perf.microbench` (the same ones `benchmarks/` runs
 under pytest-benchmark) and fails when any of them has become slower than the committed baseline
 by more than a threshold.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from hrm_bench import records
-from hrm_bench.microbench import CALIBRATION, THREADS, WORKLOADS, Bench, Work, Workload, configure_process
+from hrm_bench.perf.microbench import CALIBRATION, THREADS, WORKLOADS, Bench, Work, Workload, configure_process
 from hrm_bench.profiles import device_facts
 from hrm_bench.run import REPO_ROOT
 from puzzle_hrm.data.format import atomic_write_text
@@ -183,7 +183,7 @@ def run_record(current: Mapping[str, float], rounds: int) -> dict:
     """This run's scores with what they were measured on: the baseline file's content."""
     facts = device_facts("cpu")
     return {
-        **records.run_stamp("hrm_bench.regress", REPO_ROOT),
+        **records.run_stamp("hrm_bench.perf.regress", REPO_ROOT),
         "device": facts["device_name"],
         "torch": facts["torch"],
         "python": platform.python_version(),
@@ -195,7 +195,7 @@ def run_record(current: Mapping[str, float], rounds: int) -> dict:
 
 def read_baseline(path: Path) -> dict:
     if not path.exists():
-        raise SystemExit(f"no baseline at {path}: create it with `python -m hrm_bench.regress --update-baseline`")
+        raise SystemExit(f"no baseline at {path}: create it with `python -m hrm_bench.perf.regress --update-baseline`")
     return json.loads(path.read_text())
 
 

@@ -1,6 +1,6 @@
-"""`python -m hrm_bench.scaling --nproc 1 2 4 8`: data-parallel HRM training throughput on one host.
+"""`python -m hrm_bench.perf.scaling --nproc 1 2 4 8`: data-parallel HRM training throughput on one host.
 
-For each N the launcher runs `torchrun --standalone --nproc-per-node N -m hrm_bench.scaling worker`
+For each N the launcher runs `torchrun --standalone --nproc-per-node N -m hrm_bench.perf.scaling worker`
 (NCCL on GPUs with NVLink multicast kept off, gloo on CPU). Every run trains the same model from
 the same init on the same global batches of B rows: rank r takes rows [r B/N, (r+1) B/N), so the
 N-process run is the 1-process run with its batch split (`puzzle_hrm.train.train_step`: gradients
@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from hrm_bench import metrics, records
-from hrm_bench.perf import SHAPES, random_batch, shape_config
+from hrm_bench.perf.throughput import SHAPES, random_batch, shape_config
 from hrm_bench.profiles import HardwareProfile, detect_profile
 from hrm_bench.run import REPO_ROOT
 from puzzle_hrm.data.format import atomic_write_text
@@ -39,7 +39,7 @@ from puzzle_hrm.train import TrainConfig, init_state, reduce_train_metrics, sync
 
 # NVLink multicast off in NCCL, PyTorch and NVSHMEM (the lent machines' rule, device/KINDS.md)
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-SCALING_HEADER = """# Data-parallel scaling of HRM training (`python -m hrm_bench.scaling`)
+SCALING_HEADER = """# Data-parallel scaling of HRM training (`python -m hrm_bench.perf.scaling`)
 
 Random batches at the official shapes, one process per device (torchrun, NCCL; gloo on CPU), the
 global batch split over the ranks. scaling_efficiency = examples/s at N / (N x examples/s at 1)
@@ -134,7 +134,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
 
 def launch(n: int, args: argparse.Namespace, out: Path) -> WorkerResult:
     """torchrun with n processes on this host; its rank 0's result."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "hrm_bench.scaling", "worker", *worker_args(args), "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "hrm_bench.perf.scaling", "worker", *worker_args(args), "--out", str(out)]
     subprocess.run(cmd, env={**os.environ, **MULTICAST_OFF}, check=True)
     return WorkerResult(**json.loads(out.read_text()))
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[int, WorkerResult] | None:
         for n in args.nproc:
             results[n] = launch(n, args, Path(tmp) / f"n{n}.json")
             print(f"N={n}: {results[n].train_examples_per_s:.0f} examples/s, peak {results[n].peak_mem_gib:.2f} GiB per rank", flush=True)
-    notes, stamp, profile = equivalence_notes(results), records.run_stamp("hrm_bench.scaling", REPO_ROOT), detect_profile(args.hardware)
+    notes, stamp, profile = equivalence_notes(results), records.run_stamp("hrm_bench.perf.scaling", REPO_ROOT), detect_profile(args.hardware)
     for n, result in results.items():
         records.append_row(Path(args.results_dir) / "scaling.csv", scaling_row(args, profile, stamp, result, results.get(1)), records.SCALING_COLUMNS, f"{SCALING_HEADER}\n{notes}")
     print(notes)

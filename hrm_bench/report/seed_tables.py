@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.report`: results/REPORT.md (hrm_bench.reproduction); `--suite hybrid`: one table
+"""`python -m hrm_bench.report`: results/REPORT.md (hrm_bench.report.reproduction); `--suite hybrid`: one table
 over seeds (mean ± std) from results/runs.csv.
 
 A suite run records one row per variant and seed (e.g. `python -m hrm_bench.run -m suite=hybrid
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from hrm_bench import records, reproduction
+from hrm_bench import records
+from hrm_bench.report import reproduction
 from puzzle_hrm.data.format import atomic_write_text
 
 # runs.csv columns averaged over seeds beside the metric: their table titles and number formats
@@ -77,7 +78,7 @@ def plot(summary: pd.DataFrame, metric: str, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hrm_bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=None, help="a suite's seeds table (e.g. hybrid); none: the whole reproduction report")
     parser.add_argument("--metric", default="verifier_accuracy")
     parser.add_argument("--since", default=None, help="ISO date-time: only rows from then on (e.g. one sweep)")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.read_csv(results / "runs.csv")
     rows = select_rows(table, args.suite, args.since, args.model, args.hardware, args.until)
     summary = seed_summary(rows, args.metric)
-    stamp = records.run_stamp("hrm_bench.report", Path(__file__).resolve().parents[1])
+    stamp = records.run_stamp("hrm_bench.report", Path(__file__).resolve().parents[2])
     devices = ", ".join(sorted(set(rows["device"].astype(str))))
     header = (
         f"# {args.suite}: {args.metric} over seeds\n\n"
@@ -106,7 +107,3 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(results / f"{name}.md", markdown(summary, args.metric, header))
     plot(summary, args.metric, results / f"{name}.png", f"{args.suite}: {args.metric}, mean ± std over {summary['seeds'].max()} seeds")
     print(markdown(summary, args.metric, header))
-
-
-if __name__ == "__main__":
-    main()

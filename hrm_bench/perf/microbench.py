@@ -1,5 +1,5 @@
 """CPU micro-benchmark workloads: one definition shared by `benchmarks/` (pytest-benchmark) and
-`python -m hrm_bench.regress` (the CI regression check).
+`python -m hrm_bench.perf.regress` (the CI regression check).
 
 Each workload is built once by `build(bench)` (untimed setup through the project's own functions:
 the Sudoku builder, `PuzzleLoader`, `train.build_state`) and returns a zero-argument callable that
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from hrm_bench.hybrid_speed import cached_step
+from hrm_bench.perf.hybrid_speed import cached_step
 from hybrid.backbone import tiny_backbone
 from hybrid.config import HybridConfig
 from puzzle_hrm.config import HRMConfig

@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.hybrid_speed`: the hybrid's two speed levers, measured.
+"""`python -m hrm_bench.perf.hybrid_speed`: the hybrid's two speed levers, measured.
 
 (a) Training step from cached LLM states vs the same step that first runs the frozen LLM over the
     batch (same model, same batch, same optimizer step): the injector acts after the LLM's last
@@ -31,7 +31,7 @@ from hybrid.trainable import HybridTrainable
 from puzzle_hrm.data.format import atomic_write_text
 from puzzle_hrm.train import synchronize
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -109,7 +109,7 @@ def load_note() -> str:
 def report(backbone_name: str, device: str, config: HybridConfig, times: StepTimes, decode: dict[int, dict[str, float]], new_tokens: int, load_before: str, load_after: str) -> str:
     """The Markdown page; `decode` maps a prompt length to benchmark_decode's result."""
     facts = device_facts(device)
-    stamp = records.run_stamp("hrm_bench.hybrid_speed", REPO_ROOT)
+    stamp = records.run_stamp("hrm_bench.perf.hybrid_speed", REPO_ROOT)
     target = lambda x: "meets" if x >= 5 else "misses"  # noqa: E731
     return f"""# Hybrid speed: feature cache and KV-cache decoding
 

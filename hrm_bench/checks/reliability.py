@@ -1,4 +1,4 @@
-"""`python -m hrm_bench.reliability [--fast]`: try the commands as a careless user and a hostile machine
+"""`python -m hrm_bench.checks.reliability [--fast]`: try the commands as a careless user and a hostile machine
 would, in real processes, and tally what happened into results/reliability.md.
 
 Cases: bad command-line keys and values, bad data and checkpoint files, resuming into another run,
@@ -39,7 +39,7 @@ from hrm_bench import records
 from puzzle_hrm import checkpoint as ckpt
 from puzzle_hrm.data.format import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("one-line error", "traceback", "silent wrong", "data lost", "kept")
 # The Sudoku suite's CPU tier cut down to seconds: 64 generated 4x4 puzzles, a 16-wide HRM.
 TINY = ["hardware=cpu", "suite.cpu.data.num_train=64", "suite.cpu.data.num_test=16", "model.hidden_size=16", "model.num_heads=2",
@@ -434,7 +434,7 @@ def report(outcomes: list[Outcome], command: str, seconds: float) -> str:
         "# Reliability: bad inputs, kills, full disks, concurrent writers",
         "",
         f"Made by `{command}` on {records.now_utc_iso()[:10]} (2-core CPU, commit {records.git_commit(REPO_ROOT)}), {seconds:.0f} s. "
-        "Every case runs the real command in its own process (hrm_bench/reliability.py says how each is judged).",
+        "Every case runs the real command in its own process (hrm_bench/checks/reliability.py says how each is judged).",
         "",
         "| tried | one-line error | traceback | silent wrong | data lost | kept |",
         "|---|---|---|---|---|---|",
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> Counter:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hrm-reliability-") as root:
         outcomes = run_cases(Path(root).resolve(), args.fast)
-    command = "python -m hrm_bench.reliability" + (" --fast" if args.fast else "")
+    command = "python -m hrm_bench.checks.reliability" + (" --fast" if args.fast else "")
     atomic_write_text(args.out, report(outcomes, command, time.perf_counter() - start))
     counts = summary(outcomes)
     print(f"{args.out}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in KINDS))

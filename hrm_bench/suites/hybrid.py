@@ -39,7 +39,7 @@ from puzzle_hrm.typed_config import check_keys, typed
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM-controller variant
     "hrm_grb": {"injector": "grb", "logit_bias_head": False},
     "hrm_cab": {"injector": "cab", "logit_bias_head": False},
