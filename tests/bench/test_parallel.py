@@ -1,0 +1,34 @@
+"""`python -m hrm_bench.suites.parallel`: a grid of hrm_bench.run jobs at once, one runs.csv."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+from hrm_bench.suites import parallel
+from tests.bench.test_hybrid_suite import TINY
+
+
+def test_job_names_come_from_the_jobs_own_values():
+    assert parallel.job_name("suite.variants=[lora]", 2) == "lora-seed2"
+    assert parallel.job_name("suite.variants=[hrm_grb] ++suite.train.lr=1e-3", 0) == "hrm_grb-1e-3-seed0"
+    jobs = parallel.plan_jobs(["suite.variants=[lora]", "suite.variants=[hrm_grb]"], [0, 1], ["suite=hybrid"], parallel.Path("logs"))
+    assert [j.name for j in jobs] == ["lora-seed0", "lora-seed1", "hrm_grb-seed0", "hrm_grb-seed1"]  # each entry over every seed, in order
+    assert jobs[1].argv[-2:] == ["seed=1", "hydra.run.dir=logs/hydra/lora-seed1"]
+
+
+def test_two_tiny_hybrid_jobs_run_at_once_and_share_one_runs_csv(tmp_path):
+    common = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path / 'results'}", f"checkpoint_root={tmp_path / 'ckpt'}", *TINY[:-1]]
+    rc = parallel.main(["--jobs", "2", "--seeds", "0", "1", "--each", "suite.variants=[hrm_grb]", "--log-dir", str(tmp_path / "logs"), "--", *common])
+    assert rc == 0, [p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log")]
+    rows = list(csv.DictReader((tmp_path / "results" / "runs.csv").open()))
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("hrm_grb", "0"), ("hrm_grb", "1")]
+    assert (tmp_path / "logs" / "hrm_grb-seed1.log").read_text().startswith("$ -m hrm_bench.run suite=hybrid")
+
+
+def test_the_deadline_stops_running_jobs_and_starts_no_more(tmp_path):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    jobs = [parallel.Job(f"j{i}", sleeper, tmp_path / f"j{i}.log") for i in range(3)]
+    parallel.run_jobs(jobs, parallel=2, threads=1, start_until=0.5, deadline=1.0, tick=0.1)
+    assert [j.status for j in jobs] == ["stopped", "stopped", "not started"]
+    assert all(j.process.returncode != 0 for j in jobs[:2])
