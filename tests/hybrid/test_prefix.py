@@ -2,6 +2,8 @@
 answer) through the LLM's own forward, decoding reads the same soft tokens (cache = recompute =
 training), and only the controller side trains."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -101,3 +103,20 @@ def test_prefix_refuses_what_it_cannot_condition():
     for option in ({"logit_bias_head": True}, {"use_act": True, "logit_bias_head": False}, {"controller": "oracle", "logit_bias_head": False}):
         with pytest.raises(ValueError, match="prefix injector conditions through soft tokens only"):
             HybridConfig(injector="prefix", **option)
+
+
+def test_teacher_forced_logits_read_the_prompt_under_the_older_cache_keyword(monkeypatch):
+    """transformers 5.17 (the GPU image's) takes the KV cache as `past_key_values` and swallows an
+    unknown `cache=` in **kwargs: the soft tokens and answer then ran without their prompt (CE ~10 on
+    SmolLM2 at step 0). top_states must pass the cache under the name the model's forward takes."""
+    backbone = tiny_backbone(seed=0, num_layers=3, initializer_range=0.2)
+    base = backbone.model.base_model
+    current = base.forward
+    native = "cache" if "cache" in inspect.signature(current).parameters else "past_key_values"  # the installed version's name
+
+    def older_forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None, use_cache=None, **kwargs):
+        return current(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache, **{native: past_key_values})
+
+    monkeypatch.setattr(base, "forward", older_forward)
+    test_teacher_forced_logits_are_the_whole_sequences(backbone, 1.0)
+    test_teacher_forced_logits_are_the_whole_sequences(backbone, 0.5)
