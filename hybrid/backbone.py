@@ -166,8 +166,8 @@ class Backbone:
                 inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(self.dtype),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{cache_keyword(self.model.base_model): past_key_values},
             )
         finally:
             handle.remove()

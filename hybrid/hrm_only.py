@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
+from hybrid.backbone import cache_keyword
 from hybrid.baselines import seeded
 from hybrid.config import HybridConfig
 from hybrid.controller import HRMController, SegmentOutput, halting_segments
@@ -202,7 +203,7 @@ class HRMOnly(nn.Module):
         lengths = torch.zeros_like(rows)
         tokens: list[Tensor] = []
         while len(tokens) < decode.max_new_tokens and not bool(finished.all()):
-            decoded = self.decoder(inputs_embeds=inputs, past_key_values=cache, use_cache=True).last_hidden_state
+            decoded = self.decoder(inputs_embeds=inputs, use_cache=True, **{cache_keyword(self.decoder): cache}).last_hidden_state
             token = torch.where(finished, pad_id, next_token(self.logits(decoded[:, -1]), decode, generator))
             tokens.append(token)
             lengths += ~finished

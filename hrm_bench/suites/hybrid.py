@@ -7,7 +7,9 @@ cache of the LLM's states, built once. At the end results/hybrid-<hardware profi
 hybrid-cpu.md, hybrid-h100.md) compares the variants.
 On a GPU profile the LLM and every trained part live on the GPU; the cache stays in host memory
 and each batch is copied over. The frozen LLM runs in `backbone_dtype` (float32 by default, on
-every device; bfloat16 for larger LLMs); the trained parts stay float32.
+every device; bfloat16 for larger LLMs); the trained parts stay float32. `matmul_precision` is
+torch.set_float32_matmul_precision's: "highest" (the default) keeps float32 matmuls exact, "high"
+lets a GPU run them as TF32.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from hrm_bench import metrics, records, rundirs
@@ -59,6 +62,7 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")
 BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 DATA_PROVENANCE = "generated: toy addition (hybrid.tasks) and reasoning-gym generators, hash-disjoint train/eval"
 
 
@@ -66,6 +70,7 @@ DATA_PROVENANCE = "generated: toy addition (hybrid.tasks) and reasoning-gym gene
 class SuitePlan:
     backbone: str
     backbone_dtype: torch.dtype
+    matmul_precision: str  # float32 matmuls: "highest" exact, "high" TF32 on a GPU
     variants: tuple[str, ...]
     few_shot: int
     train: HybridTrainConfig
@@ -104,6 +109,7 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     return SuitePlan(
         backbone=suite["backbone"],
         backbone_dtype=backbone_dtype(suite.get("backbone_dtype", "float32")),
+        matmul_precision=matmul_precision(suite.get("matmul_precision", "highest")),
         variants=tuple(suite["variants"]),
         few_shot=suite["few_shot"],
         train=train,
@@ -117,14 +123,14 @@ def plan_from_config(cfg: DictConfig, overrides: list[str]) -> SuitePlan:
     )
 
 
-SUITE_KEYS = ("kind", "name", "backbone", "backbone_dtype", "variants", "few_shot", "eval_segments", "train", "model", "variant_train", "cpu", "gpu")
+SUITE_KEYS = ("kind", "name", "backbone", "backbone_dtype", "matmul_precision", "variants", "few_shot", "eval_segments", "train", "model", "variant_train", "cpu", "gpu")
 
 
 def variant_train(plan: SuitePlan, variant: str) -> HybridTrainConfig:
     """The variant's training config, its output_dir named by everything that makes its result:
     hybrid-<variant>-<backbone>-<profile>-seed<n>-<hash8> (run controls left out: a longer budget continues it)."""
     train = replace(plan.train, **plan.variant_train.get(variant, {}))
-    identity = {"variant": variant, "backbone": plan.backbone, "backbone_dtype": str(plan.backbone_dtype), "few_shot": plan.few_shot,
+    identity = {"variant": variant, "backbone": plan.backbone, "backbone_dtype": str(plan.backbone_dtype), "matmul_precision": plan.matmul_precision, "few_shot": plan.few_shot,
                 "model": plan.model, "train": resume.result_keys(asdict(train), RUN_CONTROLS), "hardware": plan.profile.name}
     prefix = f"hybrid-{variant}-{plan.backbone.replace('/', '_')}-{plan.profile.name}-seed{plan.seed}"
     return replace(train, output_dir=str(rundirs.run_dir(plan.output_dir, prefix, identity)))
@@ -134,6 +140,19 @@ def backbone_dtype(name: str) -> torch.dtype:
     if name not in BACKBONE_DTYPES:
         raise ValueError(f"backbone_dtype must be one of {sorted(BACKBONE_DTYPES)}, got {name!r}")
     return BACKBONE_DTYPES[name]
+
+
+def matmul_precision(name: str) -> str:
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {name!r}")
+    return name
+
+
+def config_column(plan: SuitePlan) -> str:
+    """The row's `config`: what sets the numerics besides the variant (the transformers version too:
+    5.17 and 5.24 read the same GGUF differently, see hybrid.backbone.align_eos)."""
+    dtype = str(plan.backbone_dtype).removeprefix("torch.")
+    return f"backbone_dtype={dtype} matmul_precision={plan.matmul_precision} transformers={transformers.__version__}"
 
 
 def llm_only(backbone: Backbone, data: TrainData, shots: int, seed: int) -> AnswerFn:
@@ -218,6 +237,7 @@ def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: i
         "mean_halt_steps": final.get("mean_segments"),  # HRM segments the answers came from
         "verifier_accuracy": final["verifier_accuracy"],
         "decode_tokens_per_s": final["decode_tokens_per_s"],
+        "config": config_column(plan),
         "stop_reason": "max_steps" if steps else None,
         "_per_task": {k.split("/", 1)[1]: v for k, v in final.items() if "/" in k},  # for the comparison table only
     }
@@ -234,7 +254,7 @@ def comparison_table(plan: SuitePlan, rows: list[dict[str, Any]], cache_s: float
         lines.append("| " + " | ".join(cells) + " |")
     train = plan.train
     notes = [
-        f"- backbone: {plan.backbone} ({str(plan.backbone_dtype).removeprefix('torch.')}); device: {plan.profile.device_name} ({plan.profile.name}), torch {plan.profile.torch}; seed {plan.seed}",
+        f"- backbone: {plan.backbone} ({config_column(plan)}); device: {plan.profile.device_name} ({plan.profile.name}), torch {plan.profile.torch}; seed {plan.seed}",
         f"- tasks: {', '.join(tasks)}; {train.train_n} train examples per task, {train.eval_n} held-out eval questions in all (the same for every variant); greedy decoding, at most {train.max_new_tokens} new tokens",
         f"- training: batch {train.batch_size}, lr {train.lr}, AdamW {train.betas} wd {train.weight_decay}, clip {train.grad_clip}; steps per variant in the table; HRM controller {plan.model}",
         f"- feature cache (the LLM's states at each injection cut for the HRM variants, built once per cut, not in their wall s): {cache_s:.0f} s" if cache_s is not None else "- no feature cache was needed",
@@ -265,6 +285,7 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
 
     records.check_writable(plan.results_dir)  # before the training, not after it
     print(f"results: {(plan.results_dir / 'runs.csv').resolve()}\ncheckpoints: {plan.output_dir.resolve()}", flush=True)
+    torch.set_float32_matmul_precision(plan.matmul_precision)
     backbone = backbone_by_name(plan.backbone, plan.backbone_dtype, device=plan.profile.device)
     data = TrainData.build(plan.train, Collator(backbone.tokenizer, backbone.max_positions))
     rows, cache_s = [], None

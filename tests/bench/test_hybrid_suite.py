@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+import transformers
 from hydra import compose, initialize_config_dir
 
 from hrm_bench.suites import hybrid as hybrid_suite
@@ -71,9 +72,13 @@ def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
     assert plan.backbone_dtype == torch.bfloat16
     rows = hybrid_suite.run_suite(plan)
     assert len(rows) == 6 and all(0 <= r["verifier_accuracy"] <= 1 and r["decode_tokens_per_s"] > 0 for r in rows)
-    assert "backbone: tiny (bfloat16)" in (tmp_path / "hybrid-cpu.md").read_text()
+    config = f"backbone_dtype=bfloat16 matmul_precision=highest transformers={transformers.__version__}"
+    assert f"backbone: tiny ({config})" in (tmp_path / "hybrid-cpu.md").read_text()
+    assert {row["config"] for row in csv.DictReader((tmp_path / "runs.csv").open())} == {config}  # the row says what set its numerics
     with pytest.raises(ValueError, match="backbone_dtype must be one of"):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.backbone_dtype=fp8"]), overrides=[])
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.matmul_precision=tf32"]), overrides=[])
 
 
 def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_count(tmp_path):
