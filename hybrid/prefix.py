@@ -37,7 +37,7 @@ from hybrid.generate import Answers, DecodeConfig, generate, position_ids
 from hybrid.injectors import build_bridge
 from hybrid.model import token_mean_loss
 from hybrid.tasks import Collator, Example, pad
-from hybrid.train import CorrectFn
+from hybrid.train import CorrectFn, evaluating
 from puzzle_hrm.layers import CastedLinear, rms_norm
 
 
@@ -138,15 +138,11 @@ class PrefixTrainable(nn.Module):
 
     @torch.no_grad()
     def answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
-        """In eval mode (a centered bridge then uses its running statistics), restored after."""
-        was_training = self.training
-        self.eval()
-        try:
+        """In eval mode (hybrid.train.evaluating)."""
+        with evaluating(self):
             prompts = self.collator.prompts(examples)
             ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
             n = self.lm.config.eval_segments
             soft = list(self.lm.soft_prefixes(self.lm.read_prompts(ids, mask), n))[-1]
             out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft)
             return out.answers(self.backbone.tokenizer, torch.full((len(examples),), n))
-        finally:
-            self.train(was_training)

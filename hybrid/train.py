@@ -18,6 +18,7 @@ import csv
 import io
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -206,6 +207,22 @@ class FitResult:
     @property
     def train_examples_per_s(self) -> float | None:
         return self.train_examples / self.train_seconds if self.train_seconds > 0 and self.train_examples > 0 else None
+
+
+@contextmanager
+def evaluating(module: Any) -> Iterator[None]:
+    """`module` in eval mode (a centered bridge then uses its running statistics, not the batch's),
+    its own mode restored after. A Trainable that is no nn.Module (LoRATrainable: its LLM always is
+    in eval mode) is left as it is."""
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def train_step(trainable: Trainable, optimizer: torch.optim.Optimizer, batch: Any, correct_fn: CorrectFn, grad_clip: float) -> dict[str, float]:

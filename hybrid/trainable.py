@@ -17,7 +17,7 @@ from hybrid.features import FeatureBatch
 from hybrid.generate import Answers, DecodeConfig, generate, position_ids
 from hybrid.model import HybridLM, supervised_positions
 from hybrid.tasks import Collator, Example
-from hybrid.train import CorrectFn
+from hybrid.train import CorrectFn, evaluating
 
 
 def label_aligned(predicted: Tensor, positions: Tensor) -> Tensor:
@@ -57,13 +57,9 @@ class HybridTrainable(nn.Module):
 
     @torch.no_grad()
     def answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
-        """In eval mode (a centered bridge then uses its running statistics, not the batch's), restored after."""
-        was_training = self.training
-        self.eval()
-        try:
+        """In eval mode (hybrid.train.evaluating)."""
+        with evaluating(self):
             return self._answer(examples, decode, generator)
-        finally:
-            self.train(was_training)
 
     def _answer(self, examples: list[Example], decode: DecodeConfig, generator: torch.Generator) -> Answers:
         prompts = self.collator.prompts(examples)

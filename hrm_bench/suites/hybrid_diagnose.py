@@ -32,7 +32,7 @@ from hybrid.lora import LoRATrainable
 from hybrid.model import supervised_positions
 from hybrid.prefix import PrefixTrainable
 from hybrid.tasks import Collator
-from hybrid.train import HybridTrainConfig, TrainData, Trainable, build_optimizer, train_step
+from hybrid.train import HybridTrainConfig, TrainData, Trainable, build_optimizer, evaluating, train_step
 from hybrid.trainable import HybridTrainable, hybrid_trainable
 
 logger = logging.getLogger(__name__)
@@ -123,33 +123,29 @@ def teacher_forced(trainable: Trainable, cache: FeatureCache | None, examples: l
     """Answer CE and exact match with the gold answer fed in (last segment; no decoding)."""
     total, tokens, exact = 0.0, 0, 0
     xs, zs = [], []
-    was_training = getattr(trainable, "training", False)
-    if isinstance(trainable, (HybridTrainable, PrefixTrainable)):
-        trainable.eval()
-    for rows in batches_of(len(examples), batch_size):
-        if isinstance(trainable, PrefixTrainable):
-            segments, targets, answer_rows = trainable.gold_answer_logits([examples[i] for i in rows], trainable.lm.config.segments)
-            logits, positions = segments[-1], None
-        elif isinstance(trainable, HybridTrainable):
-            batch: FeatureBatch = cache.batch(rows)
-            positions, targets = supervised_positions(batch.labels)
-            last = trainable.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask)[-1]
-            logits = last.logits
-            zs.append(last.z_H)
-            bridge = trainable.lm.bridge
-            xs.append(bridge(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, batch.input_ids) if trainable.lm.config.controller == "oracle" else bridge(batch.hidden_states, batch.attention_mask, batch.prompt_lengths))
-        else:
-            collated = collator([examples[i] for i in rows])
-            positions, targets = supervised_positions(collated["labels"])
-            hidden, _ = trainable.backbone.hidden_states(collated["input_ids"], collated["attention_mask"])
-            logits = trainable.backbone.logits(hidden[positions])
-        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        tokens += len(targets)
-        target_rows = answer_rows if positions is None else positions.nonzero()[:, 0]
-        wrong = torch.zeros(len(rows)).index_add_(0, target_rows.cpu(), (logits.argmax(-1) != targets).float().cpu())
-        exact += int((wrong == 0).sum())
-    if was_training:
-        trainable.train()
+    with evaluating(trainable):
+        for rows in batches_of(len(examples), batch_size):
+            if isinstance(trainable, PrefixTrainable):
+                segments, targets, answer_rows = trainable.gold_answer_logits([examples[i] for i in rows], trainable.lm.config.segments)
+                logits, positions = segments[-1], None
+            elif isinstance(trainable, HybridTrainable):
+                batch: FeatureBatch = cache.batch(rows)
+                positions, targets = supervised_positions(batch.labels)
+                last = trainable.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask)[-1]
+                logits = last.logits
+                zs.append(last.z_H)
+                bridge = trainable.lm.bridge
+                xs.append(bridge(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, batch.input_ids) if trainable.lm.config.controller == "oracle" else bridge(batch.hidden_states, batch.attention_mask, batch.prompt_lengths))
+            else:
+                collated = collator([examples[i] for i in rows])
+                positions, targets = supervised_positions(collated["labels"])
+                hidden, _ = trainable.backbone.hidden_states(collated["input_ids"], collated["attention_mask"])
+                logits = trainable.backbone.logits(hidden[positions])
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            tokens += len(targets)
+            target_rows = answer_rows if positions is None else positions.nonzero()[:, 0]
+            wrong = torch.zeros(len(rows)).index_add_(0, target_rows.cpu(), (logits.argmax(-1) != targets).float().cpu())
+            exact += int((wrong == 0).sum())
     return Fit(total / tokens, exact / len(examples), spread(torch.cat(xs)) if xs else None, spread(torch.cat(zs)) if zs else None)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from hybrid.backbone import tiny_backbone
 from hybrid.tasks import Collator, Example, get_task
-from hybrid.train import HybridTrainConfig, TrainData, Trainable, answer_scores, evaluate, fit
+from hybrid.train import HybridTrainConfig, TrainData, Trainable, answer_scores, evaluate, evaluating, fit
 from hybrid.trainable import HybridTrainable, label_aligned
 from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from tests.hybrid.tiny import tiny_config
@@ -138,3 +138,16 @@ def test_the_optimizer_holds_every_trainable_parameter_once_with_the_configs_lr_
     assert {id(p) for p in held} == {id(p) for p in model.parameters() if p.requires_grad}
     assert not {id(p) for p in held} & {id(p) for p in backbone.model.parameters()}
     assert all(g["lr"] == 2e-3 and g["weight_decay"] == 0.05 and g["betas"] == config.betas for g in optimizer.param_groups)
+
+
+def test_evaluating_sets_eval_mode_and_restores_the_modules_own_even_on_error():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    for mode in (True, False):
+        module.train(mode)
+        with pytest.raises(KeyError), evaluating(module):
+            assert not module.training and not module[1].training
+            raise KeyError
+        assert module.training is mode and module[1].training is mode
+    not_a_module = object()  # LoRATrainable: passes through untouched
+    with evaluating(not_a_module):
+        pass
