@@ -82,8 +82,9 @@ def poll(job: Job) -> bool:
     return False
 
 
-def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, deadline: float, tick: float = 2.0) -> list[Job]:
-    """Keep `parallel` jobs running until all ran or the clock says stop; print each start and end."""
+def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, deadline: float, tick: float = 2.0, grace: float = 120.0) -> list[Job]:
+    """Keep `parallel` jobs running until all ran or the clock says stop; print each start and end.
+    A job still running `grace` seconds after its SIGTERM (stuck before its training loop) is killed."""
     clock = time.monotonic()
     waiting, running = list(jobs), []
     while waiting or running:
@@ -91,6 +92,9 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, d
         for job in [j for j in running if not poll(j)]:
             running.remove(job)
             print(f"[{elapsed:6.0f} s] {job.status}: {job.name} ({job.seconds:.0f} s)", flush=True)
+        if elapsed >= deadline + grace:
+            for job in running:
+                job.process.kill()
         if elapsed >= deadline:
             for job in running:
                 if job.status == "running":

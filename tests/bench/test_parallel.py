@@ -32,3 +32,10 @@ def test_the_deadline_stops_running_jobs_and_starts_no_more(tmp_path):
     parallel.run_jobs(jobs, parallel=2, threads=1, start_until=0.5, deadline=1.0, tick=0.1)
     assert [j.status for j in jobs] == ["stopped", "stopped", "not started"]
     assert all(j.process.returncode != 0 for j in jobs[:2])
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"]
+    job = parallel.Job("stubborn", stubborn, tmp_path / "stubborn.log")
+    parallel.run_jobs([job], parallel=1, threads=1, start_until=0.5, deadline=1.0, tick=0.1, grace=1.0)
+    assert job.status == "stopped" and job.process.returncode == -9
