@@ -1,8 +1,9 @@
 """`python -m hrm_bench.suites.parallel`: many small runs of `hrm_bench.run` at once on one machine.
 
 A hybrid controller step on cached LLM states is bound by kernel launches and host work, not by
-the GPU (results/hybrid-h100.md: ~80 ms per step at batch 64 on an H100), so one process leaves
-most of a large GPU idle. This runs a grid of jobs (one variant, one seed each) as separate
+the GPU (results/hybrid-h100.md: ~80 ms per step at batch 64 on an H100), so one such process leaves
+most of a large GPU idle; jobs that run the float32 LLM every step (LoRA, prefix) are not, and
+sharing the GPU buys them nothing (results/hybrid-h200.md). This runs a grid of jobs (one variant, one seed each) as separate
 processes, `--jobs` at a time, sharing the machine's CPU threads evenly:
 
     python -m hrm_bench.suites.parallel --jobs 8 --seeds 0 1 2 \\
@@ -27,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -39,7 +40,7 @@ class Job:
     process: subprocess.Popen | None = None
     started: float | None = None
     status: str = "waiting"  # waiting | running | finished | failed (rc) | stopped | not started
-    seconds: float = field(default=0.0)
+    seconds: float = 0.0
 
 
 def job_name(overrides: str, seed: int) -> str:
@@ -100,15 +101,12 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, d
                 if job.status == "running":
                     job.process.send_signal(signal.SIGTERM)  # saves a checkpoint after its current step
                     job.status = "stopped"
-            for job in waiting:
-                job.status = "not started"
-            waiting = []
-        while waiting and len(running) < parallel and elapsed < start_until:
+        while waiting and len(running) < parallel and elapsed < min(start_until, deadline):
             job = waiting.pop(0)
             start(job, threads)
             running.append(job)
             print(f"[{elapsed:6.0f} s] started: {job.name} -> {job.log}", flush=True)
-        if elapsed >= start_until:
+        if elapsed >= min(start_until, deadline):
             for job in waiting:
                 job.status = "not started"
             waiting = []
