@@ -172,19 +172,20 @@ def llm_only(backbone: Backbone, data: TrainData, shots: int, seed: int) -> Answ
     return answer
 
 
-def hrm_config(plan: SuitePlan, variant: str) -> HybridConfig:
-    return HybridConfig(**{**plan.model, **HRM_VARIANTS[variant]})
+def hrm_config(model: dict[str, Any], variant: str) -> HybridConfig:
+    """The HRM variant's HybridConfig: the suite's shared `model` fields, then the variant's own."""
+    return HybridConfig(**{**model, **HRM_VARIANTS[variant]})
 
 
-def build_trainable(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainData) -> Trainable:
+def build_trainable(model: dict[str, Any], seed: int, variant: str, backbone: Backbone, data: TrainData) -> Trainable:
     """The variant's model, seeded the same way for every variant, on the backbone's device."""
-    torch.manual_seed(plan.seed)  # the same initialisation stream for every variant
+    torch.manual_seed(seed)  # the same initialisation stream for every variant
     if variant == "lora":  # as many trainable parameters as the HRM controller (hrm_grb); adapters sit on the backbone
-        target = sum(p.numel() for p in hybrid_trainable(hrm_config(plan, "hrm_grb"), backbone, data.collator).parameters())
+        target = sum(p.numel() for p in hybrid_trainable(hrm_config(model, "hrm_grb"), backbone, data.collator).parameters())
         return LoRATrainable(backbone, data.collator, target)
     if variant in HRM_VARIANTS:
-        return hybrid_trainable(hrm_config(plan, variant), backbone, data.collator).to(backbone.device)
-    return HRMOnlyTrainable(HybridConfig(**plan.model), backbone.tokenizer, data.collator).to(backbone.device)
+        return hybrid_trainable(hrm_config(model, variant), backbone, data.collator).to(backbone.device)
+    return HRMOnlyTrainable(HybridConfig(**model), backbone.tokenizer, data.collator).to(backbone.device)
 
 
 def hardware_columns(profile: HardwareProfile) -> dict[str, Any]:
@@ -205,7 +206,7 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         final, _ = evaluate(llm_only(backbone, data, shots, plan.seed), data, train)
         params, steps, examples_per_s = 0, 0, None
     else:
-        trainable = build_trainable(plan, variant, backbone, data)
+        trainable = build_trainable(plan.model, plan.seed, variant, backbone, data)
         result = fit(trainable, data, train)
         final, steps, examples_per_s = result.final_eval, result.steps, result.train_examples_per_s
         params = sum(p.numel() for p in trainable.parameters())
@@ -294,7 +295,7 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
         if variant in HRM_VARIANTS:  # each cut's cache is built once, before the variant's clock starts
             tick = time.perf_counter()
             cuts = len(data.caches)
-            data.cache_states(backbone, plan.train.cache_dir, layer=backbone.layer_at(hrm_config(plan, variant).inject_depth))
+            data.cache_states(backbone, plan.train.cache_dir, layer=backbone.layer_at(hrm_config(plan.model, variant).inject_depth))
             cache_s = (cache_s or 0.0) + (time.perf_counter() - tick if len(data.caches) > cuts else 0.0)
         output_dir = variant_train(plan, variant).output_dir
         if (row := finished_variant(plan, variant, output_dir)) is not None:
