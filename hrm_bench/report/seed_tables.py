@@ -19,7 +19,6 @@ import pandas as pd
 
 from hrm_bench import records
 from hrm_bench.report import reproduction
-from puzzle_hrm.data.format import atomic_write_text
 
 # runs.csv columns averaged over seeds beside the metric: their table titles and number formats
 SIDE_COLUMNS = {
@@ -104,6 +103,6 @@ def main(argv: list[str] | None = None) -> None:
         f"Made by `{stamp['command']}` at commit {stamp['commit']} on {stamp['date']}. Std is the sample standard deviation over seeds."
     )
     name = args.name or f"{args.suite}-seeds"
-    atomic_write_text(results / f"{name}.md", markdown(summary, args.metric, header))
+    records.write_generated_page(results / f"{name}.md", markdown(summary, args.metric, header))
     plot(summary, args.metric, results / f"{name}.png", f"{args.suite}: {args.metric}, mean ± std over {summary['seeds'].max()} seeds")
     print(markdown(summary, args.metric, header))

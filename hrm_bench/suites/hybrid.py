@@ -37,7 +37,6 @@ from hybrid.tasks import Collator, Example
 from hybrid.train import RUN_CONTROLS, AnswerFn, HybridTrainConfig, TrainData, Trainable, evaluate, fit
 from hybrid.trainable import HybridTrainable, hybrid_trainable
 from puzzle_hrm import resume
-from puzzle_hrm.data.format import atomic_write_text
 from puzzle_hrm.typed_config import check_keys, typed
 
 logger = logging.getLogger(__name__)
@@ -308,7 +307,7 @@ def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
         for row in variant_rows:
             rows.append(row)
             logger.info("hybrid suite: %s verifier_accuracy=%.3f (%s)", row["variant"], row["verifier_accuracy"], row["_per_task"])
-    atomic_write_text(plan.results_dir / f"hybrid-{plan.profile.name}.md", f"# Hybrid comparison (`python -m hrm_bench.run suite=hybrid`)\n\n{comparison_table(plan, rows, cache_s)}")
+    records.write_generated_page(plan.results_dir / f"hybrid-{plan.profile.name}.md", f"# Hybrid comparison (`python -m hrm_bench.run suite=hybrid`)\n\n{comparison_table(plan, rows, cache_s)}")
     return rows
 
 

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from hrm_bench import records
 from hrm_bench.profiles import detect_profile
 from hrm_bench.report import seed_tables
-from puzzle_hrm.data.format import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def run_suite(plan: SweepPlan) -> dict[str, list[dict]]:
     done: dict[str, list[dict]] = {}
     for base in plan.bases:
         rows = [run_one(plan, base, label, seed) for label in plan.variants for seed in plan.seeds]
-        atomic_write_text(plan.results_dir / f"{plan.name}-{base}-{plan.profile_name}.md", table(plan, base, rows))
+        records.write_generated_page(plan.results_dir / f"{plan.name}-{base}-{plan.profile_name}.md", table(plan, base, rows))
         done[base] = rows
     return done
 

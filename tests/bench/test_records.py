@@ -163,3 +163,15 @@ def test_an_unwritable_results_dir_is_named_before_any_work(tmp_path):
     with pytest.raises(OSError, match=f"{blocker / 'results'}: result rows cannot be written there"):
         check_writable(blocker / "results")
     assert check_writable(tmp_path / "new" / "results").is_dir()
+
+
+def test_generated_page_keeps_a_page_with_hand_notes(tmp_path):
+    page = tmp_path / "hybrid-cpu.md"
+    assert records.write_generated_page(page, "# table 1\n") is None  # nothing there yet
+    assert records.write_generated_page(page, "# table 2\n") is None  # a generated page is simply replaced
+    assert page.read_text() == "# table 2\n"
+    page.write_text(f"# table 2\n\n{records.HAND_NOTES}\n\nwhat a person saw\n")
+    kept = records.write_generated_page(page, "# table 3\n")
+    assert page.read_text() == "# table 3\n"
+    assert kept.parent == tmp_path and kept.name.startswith("hybrid-cpu.") and kept.suffix == ".md"
+    assert "what a person saw" in kept.read_text()
