@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -45,25 +47,28 @@ class StepTime:
     params: int
 
 
-def measure(variant: str, precision: str, backbone: Backbone, data: TrainData, model: dict[str, Any], train: HybridTrainConfig, steps: int) -> StepTime:
-    """Under `precision` (restored after): build the variant from `train.seed`, take one step (its loss recorded), then time `steps` more on the same batch."""
+@contextmanager
+def float32_matmul_precision(precision: str) -> Iterator[None]:
+    """torch.set_float32_matmul_precision for the block, the process's own restored after."""
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        return _measure(variant, precision, backbone, data, model, train, steps)
+        yield
     finally:
         torch.set_float32_matmul_precision(before)
 
 
-def _measure(variant: str, precision: str, backbone: Backbone, data: TrainData, model: dict[str, Any], train: HybridTrainConfig, steps: int) -> StepTime:
-    if variant in HRM_VARIANTS:
-        data.cache_states(backbone, None, train.batch_size, layer=backbone.layer_at(hrm_config(model, variant).inject_depth))
-    trainable = build_trainable(model, train.seed, variant, backbone, data)
-    optimizer = build_optimizer(trainable, train)
-    batch, correct_fn = data.batch(0, train.batch_size, trainable.uses_cached_states)
-    step = lambda: train_step(trainable, optimizer, batch, correct_fn, train.grad_clip)  # noqa: E731
-    first_loss = step()["lm_loss"]
-    seconds = time_steps(step, steps, backbone.device, warmup=1)
+def measure(variant: str, precision: str, backbone: Backbone, data: TrainData, model: dict[str, Any], train: HybridTrainConfig, steps: int) -> StepTime:
+    """Under `precision`: build the variant from `train.seed`, take one step (its loss recorded), then time `steps` more on the same batch."""
+    with float32_matmul_precision(precision):
+        if variant in HRM_VARIANTS:
+            data.cache_states(backbone, None, train.batch_size, layer=backbone.layer_at(hrm_config(model, variant).inject_depth))
+        trainable = build_trainable(model, train.seed, variant, backbone, data)
+        optimizer = build_optimizer(trainable, train)
+        batch, correct_fn = data.batch(0, train.batch_size, trainable.uses_cached_states)
+        step = lambda: train_step(trainable, optimizer, batch, correct_fn, train.grad_clip)  # noqa: E731
+        first_loss = step()["lm_loss"]
+        seconds = time_steps(step, steps, backbone.device, warmup=1)
     return StepTime(variant, precision, seconds, first_loss, sum(p.numel() for p in trainable.parameters()))
 
 
