@@ -10,12 +10,14 @@ The LLM's width and vocabulary come from the backbone, not from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 from puzzle_hrm.config import swiglu_intermediate_size
 
 INJECTORS = ("grb", "cab", "prefix")
 CONTROLLERS = ("hrm", "mlp", "transformer", "oracle")
 LOSSES = ("softmax", "stablemax")
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class HybridConfig:
     segments: int = 3  # M: segments per training step, each followed by a loss (deep supervision)
     inner_T: int = 3  # L-updates per segment, all but the last without gradient; then one H-update
     eval_segments: int | None = None  # segments at evaluation ("think longer"); None: same as segments
+    deep_supervision: bool = True  # the loss sums every segment's CE (HRM); False: the last segment's only, the earlier ones still refine z_H
 
     # Injection into the LLM (prototype: GRB gate -2.0, CAB gate -1.5 with 4 memory tokens)
     injector: str = "grb"  # "grb" gated residual bias | "cab" cross-attention bridge | "prefix" soft answer prefix
@@ -72,6 +75,8 @@ class HybridConfig:
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
         if self.injector == "prefix" and (self.use_act or self.logit_bias_head or self.controller == "oracle"):
             raise ValueError("the prefix injector conditions through soft tokens only: it takes no use_act, logit_bias_head or oracle controller")
+        if self.use_act and not self.deep_supervision:
+            raise ValueError("use_act trains the q-head on every segment's answer, so it needs deep_supervision=True")
         if self.use_act and self.controller != "hrm":
             raise ValueError(f"use_act needs the HRM controller's q-head, got controller={self.controller!r}")
         if self.input_tokens < 0:
@@ -84,6 +89,11 @@ class HybridConfig:
             raise ValueError(f"expansion and rms_norm_eps must be > 0, got {self.expansion} and {self.rms_norm_eps}")
         if not 0.0 <= self.act_penalty <= 1.0:
             raise ValueError(f"act_penalty is a cost on a probability scale and must be in [0, 1], got {self.act_penalty}")
+
+    def supervised(self, segments: Sequence[T]) -> list[T]:
+        """The segments the training loss reads: every one (deep supervision) or the last."""
+        segments = list(segments)
+        return segments if self.deep_supervision else segments[-1:]
 
     @property
     def intermediate_size(self) -> int:

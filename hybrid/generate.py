@@ -10,7 +10,9 @@ takes the output of decoder layer k at the newest position of every forward (the
 token in the prompt pass, then each new token; through Backbone.injected_at): the positions
 training conditions (hybrid.model), so the prompt's context above k stays the LLM's own.
 With `soft_prefix` (B, m, D) the LLM reads m soft tokens right after the prompt, through all its
-layers (hybrid.prefix), and the first generated token comes from the last of them.
+layers (hybrid.prefix), and the first generated token comes from the last of them; `prompt_cache`
+is then the prompt's KV cache from a pass the caller has already run (the prefix reads the prompt
+to make the soft tokens), so the prompt is not run a second time.
 `use_cache=False` is the slow reference decode that recomputes the whole context each step.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -146,9 +148,12 @@ def generate(
     use_cache: bool = True,
     condition_layer: int | None = None,
     soft_prefix: Tensor | None = None,
+    prompt_cache: Any = None,
 ) -> Generation:
     """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
     _check_inputs(backbone, input_ids, attention_mask, config, logit_bias, soft_prefix)
+    if prompt_cache is not None and (soft_prefix is None or not use_cache):
+        raise ValueError("prompt_cache stands for the prompt pass before a soft prefix, with use_cache=True")
     if condition_layer is not None:
         if soft_prefix is not None:
             raise ValueError("a soft prefix is read by every layer: it takes no condition_layer")
@@ -158,7 +163,7 @@ def generate(
     eos_ids = torch.tensor(backbone.eos_token_ids, device=input_ids.device)
     pad_id = backbone.tokenizer.pad_token_id
     ids, mask = input_ids, attention_mask
-    hidden, cache = backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
+    hidden, cache = (None, prompt_cache) if prompt_cache is not None else backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
     if soft_prefix is not None:  # then the soft tokens, after the prompt's cache (or with the whole context, below)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, soft_prefix.shape[1])], 1)
         hidden, cache = (backbone.hidden_states(None, mask, position_ids(mask)[:, -soft_prefix.shape[1]:], past_key_values=cache, use_cache=True, inputs_embeds=soft_prefix)

@@ -158,8 +158,8 @@ class HRMOnly(nn.Module):
         return (decoded @ self.embed.embedding_weight.T).float()
 
     def loss(self, batch: AnswerBatch, correct_fn: CorrectFn | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Deep supervision: per segment, the token-mean CE of the answer + EOS given z_H (teacher
-        forcing), summed over segments; with use_act plus 0.5 · (q_halt + q_continue) from the
+        """Deep supervision: per segment (the last only without deep_supervision), the token-mean
+        CE of the answer + EOS given z_H (teacher forcing), summed over segments; with use_act plus 0.5 · (q_halt + q_continue) from the
         verifier's scores. correct_fn: per segment the (K,) argmax ids at the answer positions
         (row-major, as `batch.targets[targets != IGNORE_LABEL_ID]`) -> per segment (B,) scores."""
         if self.config.use_act and correct_fn is None:
@@ -170,7 +170,7 @@ class HRMOnly(nn.Module):
         valid = batch.targets != IGNORE_LABEL_ID
         answer_inputs = self.embed_tokens(batch.targets[:, :-1].clamp_min(0))  # (B, N-1, d); padding past a row's end is never attended by its real tokens (causal)
         lm_losses, predictions, segments = [], [], []
-        for out in self.latents(batch.prompt_ids, batch.prompt_lengths, self.config.segments):
+        for out in self.config.supervised(self.latents(batch.prompt_ids, batch.prompt_lengths, self.config.segments)):
             decoded = self.decoder(inputs_embeds=torch.cat([self.prefix_embeddings(out.z_H), answer_inputs], 1)).last_hidden_state
             logits = self.logits(decoded[:, prefix_len - 1 :][valid])  # (K, V): the last prefix token predicts the first answer token
             lm_losses.append(token_mean_loss(logits, batch.targets[valid], self.config.loss_type))

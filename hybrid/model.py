@@ -106,8 +106,10 @@ class HybridLM(nn.Module):
         input_ids: Tensor | None = None,
         prefix_kv: Tensor | None = None,
         prefix_mask: Tensor | None = None,
+        supervised_only: bool = False,
     ) -> list[HybridSegment]:
-        """Each segment's logits on the LLM's states at the cut (B, T, D), conditioned on its z_H.
+        """Each segment's logits on the LLM's states at the cut (B, T, D), conditioned on its z_H;
+        with supervised_only, those of the segments the training loss reads (config.supervised).
 
         positions (B, T) bool: compute logits only there, as (N, V) in row-major order. Training
         needs only the states that predict a target token, and the LM head over the vocabulary
@@ -121,6 +123,8 @@ class HybridLM(nn.Module):
         instead of one per segment, forward and backward.
         """
         outputs = list(self.latents(hidden_states, attention_mask, prompt_lengths, n_segments, input_ids))
+        if supervised_only:
+            outputs = self.config.supervised(outputs)
         if self.layer is not None:
             rows, hidden = self._top_layers(outputs, hidden_states, attention_mask, prompt_lengths, positions, prefix_kv, prefix_mask)
         elif positions is None:
@@ -175,8 +179,9 @@ class HybridLM(nn.Module):
         return Conditioning(self.injector.condition(z_H), logit_bias, used, self.layer)
 
     def loss(self, segments: Sequence[HybridSegment], targets: Tensor, correct: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Deep supervision: the sum over segments of the token-mean CE on the targets, plus with
-        use_act 0.5 · (q_halt + q_continue) as HRM's loss head.
+        """Deep supervision: the sum over the given segments of the token-mean CE on the targets
+        (all of them, or the last without deep_supervision), plus with use_act 0.5 · (q_halt +
+        q_continue) as HRM's loss head.
 
         targets: the labels the segments' logits predict (`supervised_positions`), IGNORE_LABEL_ID
         where none. correct: with use_act, one (B,) tensor per segment: the task verifier's score

@@ -93,10 +93,13 @@ class PrefixLM(nn.Module):
         for out in self.controller.segments(x, n_segments):
             yield self.prefix(out.z_H, prompts.scale)
 
-    def answer_logits(self, prompts: PromptRead, answer_ids: Tensor, answer_mask: Tensor, n_segments: int) -> list[Tensor]:
+    def answer_logits(self, prompts: PromptRead, answer_ids: Tensor, answer_mask: Tensor, n_segments: int, supervised_only: bool = False) -> list[Tensor]:
         """Teacher-forced, per segment: the logits (N, V) that predict the answer tokens, in the
-        order of answer_mask (B, A) (right-padded answers). All segments run through the LLM together."""
+        order of answer_mask (B, A) (right-padded answers). All segments run through the LLM
+        together; with supervised_only, only those the training loss reads (config.supervised)."""
         softs = list(self.soft_prefixes(prompts, n_segments))
+        if supervised_only:
+            softs = self.config.supervised(softs)
         M, m = len(softs), self.config.prefix_tokens
         answers = self.backbone.embed(answer_ids).float()  # (B, A, D)
         inputs = torch.cat([torch.cat((soft, answers), 1) for soft in softs])  # (M·B, m + A, D)
@@ -124,15 +127,18 @@ class PrefixTrainable(nn.Module):
         prompts = self.collator.prompts(examples)
         return self.lm.read_prompts(prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device))
 
-    def gold_answer_logits(self, examples: list[Example], n_segments: int) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Teacher-forced on the gold answers: each segment's logits (N, V), the targets (N,) and each target's row (N,)."""
+    def gold_answer_logits(self, examples: list[Example], n_segments: int, supervised_only: bool = False) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Teacher-forced on the gold answers: each (supervised_only: each supervised) segment's
+        logits (N, V), the targets (N,) and each target's row (N,)."""
         answer_ids, answer_mask = (t.to(self.backbone.device) for t in pad(self.collator.target_ids(examples), self.backbone.tokenizer.pad_token_id, "right"))
-        logits = self.lm.answer_logits(self._prompts(examples), answer_ids, answer_mask, n_segments)
+        logits = self.lm.answer_logits(self._prompts(examples), answer_ids, answer_mask, n_segments, supervised_only)
         return logits, answer_ids[answer_mask.bool()], answer_mask.nonzero()[:, 0]
 
     def training_loss(self, batch: dict[str, Any], correct_fn: CorrectFn | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Deep supervision: the sum over segments of the token-mean CE on the answer tokens (`correct_fn` unused: no ACT)."""
-        logits, targets, _ = self.gold_answer_logits(batch["examples"], self.lm.config.segments)
+        """Deep supervision: the sum over the supervised segments (config.supervised) of the
+        token-mean CE on the answer tokens (`correct_fn` unused: no ACT). Without deep
+        supervision only the last segment's soft tokens run through the LLM."""
+        logits, targets, _ = self.gold_answer_logits(batch["examples"], self.lm.config.segments, supervised_only=True)
         losses = torch.stack([token_mean_loss(segment, targets, self.lm.config.loss_type) for segment in logits])
         return losses.sum(), {"loss": float(losses.sum().detach()), "lm_loss": float(losses[-1].detach())}
 
@@ -143,6 +149,7 @@ class PrefixTrainable(nn.Module):
             prompts = self.collator.prompts(examples)
             ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
             n = self.lm.config.eval_segments
-            soft = list(self.lm.soft_prefixes(self.lm.read_prompts(ids, mask), n))[-1]
-            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft)
+            prompts = self.lm.read_prompts(ids, mask)
+            soft = list(self.lm.soft_prefixes(prompts, n))[-1]
+            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft, prompt_cache=prompts.cache)
             return out.answers(self.backbone.tokenizer, torch.full((len(examples),), n))

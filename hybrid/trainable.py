@@ -45,7 +45,7 @@ class HybridTrainable(nn.Module):
     def training_loss(self, batch: FeatureBatch, correct_fn: CorrectFn) -> tuple[Tensor, dict[str, float]]:
         batch = batch.to(self.backbone.device)
         positions, targets = supervised_positions(batch.labels)
-        segments = list(self.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, n_segments=self.lm.config.segments, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask))
+        segments = list(self.lm(batch.hidden_states, batch.attention_mask, batch.prompt_lengths, n_segments=self.lm.config.segments, positions=positions, input_ids=batch.input_ids, prefix_kv=batch.prefix_kv, prefix_mask=batch.prefix_mask, supervised_only=True))
         correct = None
         if self.lm.config.use_act:
             correct = correct_fn([label_aligned(s.logits.detach().argmax(-1), positions) for s in segments])

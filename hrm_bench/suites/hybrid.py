@@ -57,6 +57,10 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
     "hrm_grb_mid_rel_centered": {"injector": "grb", "logit_bias_head": False, "inject_depth": 0.5, "relative_injection": True, "centered_input": True},
     # z_H as 4 soft tokens between prompt and answer, read by every layer of the LLM (hybrid.prefix)
     "hrm_prefix_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True},
+    # its levers: 16 soft tokens (more room for a multi-digit answer); the loss on the last segment only
+    # (one CE, not the sum of 3, and one LLM pass per step instead of 3)
+    "hrm_prefix16_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True, "prefix_tokens": 16},
+    "hrm_prefix_last_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True, "deep_supervision": False},
 }
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")

@@ -55,6 +55,16 @@ def test_each_segment_is_supervised_and_detached_from_the_previous(tokenizer):
     assert parts["lm_loss"].shape == (3,) and torch.isclose(loss, parts["lm_loss"].sum())
 
 
+def test_without_deep_supervision_the_loss_is_the_last_segments(tokenizer):
+    deep, last = build(tokenizer).model, build(tokenizer, deep_supervision=False).model
+    batch = AnswerBatch.from_collated(build(tokenizer).collator(TASK.examples("train", 4, seed=0)))
+    total, parts = deep.loss(batch)
+    loss, last_parts = last.loss(batch)
+    assert parts["lm_loss"].shape == (3,) and last_parts["lm_loss"].shape == (1,)
+    torch.testing.assert_close(loss, parts["lm_loss"][-1])
+    assert not torch.isclose(total, loss)
+
+
 def train(trainable: HRMOnlyTrainable, steps: int) -> list[float]:
     batches = [trainable.collator(TASK.examples("train", 60, seed=0)[i : i + 20]) for i in (0, 20, 40)]
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=3e-3, betas=(0.9, 0.95))

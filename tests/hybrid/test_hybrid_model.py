@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from hybrid.backbone import tiny_backbone
 from hybrid.generate import DecodeConfig, conditioned_logits, generate, position_ids
-from hybrid.model import HybridLM, HybridSegment, act_losses, supervised_positions
+from hybrid.model import HybridLM, HybridSegment, act_losses, supervised_positions, token_mean_loss
 from hybrid.tasks import pad
 from puzzle_hrm.data.format import IGNORE_LABEL_ID
 from puzzle_hrm.losses import stablemax_cross_entropy
@@ -94,6 +94,30 @@ def test_segment_counts_for_training_and_evaluation(backbone):
     assert len(list(model.train()(*args))) == 2
     assert len(list(model.eval()(*args))) == 5
     assert len(list(model(*args, n_segments=1))) == 1
+
+
+@pytest.mark.parametrize("depth", [1.0, 0.5])
+def test_without_deep_supervision_the_loss_and_its_gradient_are_the_last_segments(backbone, depth):
+    hidden, batch = states(backbone)
+    positions, targets = supervised_positions(batch["labels"])
+    args = (hidden, batch["attention_mask"], batch["prompt_lengths"])
+    deep, last = build(backbone, inject_depth=depth), build(backbone, inject_depth=depth, deep_supervision=False)
+    assert all(torch.equal(p, q) for p, q in zip(deep.parameters(), last.parameters(), strict=True))
+    every = list(deep(*args, positions=positions, supervised_only=True))
+    supervised = list(last(*args, positions=positions, supervised_only=True))
+    assert len(every) == 3 and len(supervised) == 1 and len(list(last(*args, positions=positions))) == 3
+    torch.testing.assert_close(supervised[0].logits, every[-1].logits, rtol=0, atol=1e-5)
+    loss, metrics = last.loss(supervised, targets)
+    expected = token_mean_loss(every[-1].logits, targets, deep.config.loss_type)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    expected.backward()
+    for (name, p), q in zip(last.named_parameters(), deep.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="needs deep_supervision"):
+        tiny_config(use_act=True, deep_supervision=False)
 
 
 @pytest.mark.parametrize("loss", ["softmax", "stablemax"])

@@ -10,6 +10,7 @@ import torch
 from hybrid.backbone import tiny_backbone
 from hybrid.config import HybridConfig
 from hybrid.generate import DecodeConfig, generate
+from hybrid.model import token_mean_loss
 from hybrid.prefix import PrefixTrainable
 from hybrid.tasks import AdditionTask, Collator, pad
 from hybrid.trainable import hybrid_trainable
@@ -74,8 +75,10 @@ def test_decoding_reads_the_soft_tokens_as_training_does(backbone):
     mask = torch.ones_like(cached.tokens)
     logits = model.lm.answer_logits(read, cached.tokens, mask, n_segments=3)[-1]
     assert torch.equal(logits.argmax(-1), cached.tokens.reshape(-1))
-    text = model.answer(examples, decode, torch.Generator().manual_seed(0))
+    text = model.answer(examples, decode, torch.Generator().manual_seed(0))  # hands its prompt pass's cache to generate
     assert text.texts == cached.texts(backbone.tokenizer) and text.segments_used == [3, 3, 3]
+    with pytest.raises(ValueError, match="prompt_cache stands for the prompt pass before a soft prefix"):
+        generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, prompt_cache=read.cache)
 
 
 def test_only_the_controller_side_trains_and_the_loss_drops(backbone):
@@ -97,6 +100,24 @@ def test_only_the_controller_side_trains_and_the_loss_drops(backbone):
     assert sum(losses[-5:]) / 5 < 0.7 * losses[0], losses
     assert all(torch.equal(backbone.model.state_dict()[k], v) for k, v in frozen.items())
     assert not any(name.startswith("backbone") for name in model.state_dict())
+
+
+def test_without_deep_supervision_only_the_last_segment_runs_through_the_llm(backbone, monkeypatch):
+    deep, last = trainable(backbone), trainable(backbone, deep_supervision=False)
+    examples = TASK.examples("train", 4, seed=0)
+    logits, targets, _ = deep.gold_answer_logits(examples, 3)
+    rows = []
+    top_states = type(backbone).top_states
+    monkeypatch.setattr(type(backbone), "top_states", lambda self, inputs, *rest: rows.append(inputs.shape[0]) or top_states(self, inputs, *rest))
+    loss, metrics = last.training_loss(last.collator(examples))
+    assert rows == [len(examples)]  # one LLM pass over B rows, not 3 x B
+    expected = token_mean_loss(logits[-1], targets, deep.lm.config.loss_type)
+    torch.testing.assert_close(loss, expected)
+    assert metrics["loss"] == metrics["lm_loss"]
+    loss.backward()
+    expected.backward()
+    for (name, p), q in zip(last.named_parameters(), deep.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_prefix_refuses_what_it_cannot_condition():
