@@ -25,11 +25,12 @@ SIDE_COLUMNS = {
     "token_accuracy": "token acc",
     "mean_halt_steps": "mean segments",
     "params": "trainable params",
+    "steps": "steps",
     "train_examples_per_s": "train ex/s",
     "decode_tokens_per_s": "decode tok/s",
     "peak_mem_gib": "peak mem GiB",
 }
-SIDE_FORMATS = {"token_accuracy": ".3f", "mean_halt_steps": ".2f", "params": ",.0f", "train_examples_per_s": ".1f", "decode_tokens_per_s": ".1f", "peak_mem_gib": ".2f"}
+SIDE_FORMATS = {"token_accuracy": ".3f", "mean_halt_steps": ".2f", "params": ",.0f", "steps": ",.0f", "train_examples_per_s": ".1f", "decode_tokens_per_s": ".1f", "peak_mem_gib": ".2f"}
 
 
 def select_rows(table: pd.DataFrame, suite: str, since: str | None, model: str | None, hardware: str | None, until: str | None = None) -> pd.DataFrame:

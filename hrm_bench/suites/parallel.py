@@ -3,7 +3,7 @@
 A hybrid controller step on cached LLM states is bound by kernel launches and host work, not by
 the GPU (results/hybrid-h100.md: ~80 ms per step at batch 64 on an H100), so one such process leaves
 most of a large GPU idle; jobs that run the float32 LLM every step (LoRA, prefix) are not, and
-sharing the GPU buys them nothing (results/hybrid-h200.md). This runs a grid of jobs (one variant, one seed each) as separate
+sharing the GPU buys them nothing (results/hybrid-h200-2026-12-02.md). This runs a grid of jobs (one variant, one seed each) as separate
 processes, `--jobs` at a time, sharing the machine's CPU threads evenly:
 
     python -m hrm_bench.suites.parallel --jobs 8 --seeds 0 1 2 \\

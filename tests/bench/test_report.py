@@ -40,13 +40,13 @@ def test_markdown_and_plot_files(tmp_path):
     TABLE.to_csv(tmp_path / "runs.csv", index=False)
     seed_tables.main(["--suite", "hybrid", "--results-dir", str(tmp_path)])
     text = (tmp_path / "hybrid-seeds.md").read_text()
-    # columns: metric, seeds, token acc, mean segments, params, train ex/s, decode tok/s, peak mem (absent columns stay empty)
-    assert "| a | 0.300 ± 0.141 | 2 |  |  | 10 | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  |  | 0 |  |  |  |" in text
+    # columns: metric, seeds, token acc, mean segments, params, steps, train ex/s, decode tok/s, peak mem (absent columns stay empty)
+    assert "| a | 0.300 ± 0.141 | 2 |  |  | 10 |  | 6.0 |  |  |" in text and "| b | 0.500 | 1 |  |  | 0 |  |  |  |  |" in text
     assert (tmp_path / "hybrid-seeds.png").stat().st_size > 0
 
 
 def test_side_columns_are_means_over_seeds():
-    table = TABLE.assign(mean_halt_steps=[9, 2.0, 3.0, None, 1], decode_tokens_per_s=[1, 10.0, 20.0, 30.0, 1], peak_mem_gib=[1, 1.0, 2.0, 0.5, 1])
+    table = TABLE.assign(mean_halt_steps=[9, 2.0, 3.0, None, 1], steps=[1, 3000, 3000, 0, 1], decode_tokens_per_s=[1, 10.0, 20.0, 30.0, 1], peak_mem_gib=[1, 1.0, 2.0, 0.5, 1])
     summary = seed_tables.seed_summary(seed_tables.select_rows(table, "hybrid", None, None, None), "verifier_accuracy")
-    assert summary.loc["a", ["mean_halt_steps", "decode_tokens_per_s", "peak_mem_gib"]].tolist() == [2.5, 15.0, 1.5]
+    assert summary.loc["a", ["mean_halt_steps", "steps", "decode_tokens_per_s", "peak_mem_gib"]].tolist() == [2.5, 3000, 15.0, 1.5]
     assert math.isnan(summary.loc["b", "mean_halt_steps"]) and summary.loc["b", "decode_tokens_per_s"] == 30.0
