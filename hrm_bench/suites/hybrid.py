@@ -215,12 +215,21 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
         params = sum(p.numel() for p in trainable.parameters())
     row = result_row(plan, variant, final, params, steps, time.perf_counter() - start, examples_per_s, peak.gib())
     rows = [row]
-    if isinstance(trainable, (HybridTrainable, PrefixTrainable)):
+    if isinstance(trainable, (HybridTrainable, PrefixTrainable)) and plan.eval_segments:
+        completions = {}
         for n in plan.eval_segments:
             trainable.lm.config.eval_segments = n
-            swept, _ = evaluate(trainable.answer, data, train)
+            swept, completions[n] = evaluate(trainable.answer, data, train)
             rows.append(result_row(plan, f"{variant}@seg{n}", swept, params, steps, row["wall_s"], examples_per_s, peak.gib()))
+        logger.info("hybrid suite: %s %s", variant, segment_agreement(completions))
     return rows
+
+
+def segment_agreement(completions: dict[int, list[str]]) -> str:
+    """How many answers change with the segment count (equal accuracy can hide changed answers)."""
+    (first, reference), *rest = completions.items()
+    changed = [f"@seg{n} {sum(a != b for a, b in zip(reference, texts, strict=True))} of {len(texts)}" for n, texts in rest]
+    return f"answers that differ from @seg{first}: " + (", ".join(changed) or "no other segment count")
 
 
 def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: int, steps: int, wall_s: float, examples_per_s: float | None, peak_gib: float) -> dict[str, Any]:

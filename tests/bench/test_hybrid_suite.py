@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pytest
 import torch
@@ -81,7 +82,8 @@ def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.matmul_precision=tf32"]), overrides=[])
 
 
-def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_count(tmp_path):
+def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_count(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=hybrid_suite.logger.name)
     tiny = [o for o in TINY if not o.startswith("suite.variants")]
     overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *tiny, "suite.variants=[hrm_grb,hrm_grb_mid,hrm_prefix_centered]", "++suite.eval_segments=[1,3]"]
     plan = hybrid_suite.plan_from_config(compose_cfg(overrides), overrides)
@@ -89,6 +91,9 @@ def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_coun
     rows = hybrid_suite.run_suite(plan)
     assert [r["variant"] for r in rows] == [f"{v}{s}" for v in ("hrm_grb", "hrm_grb_mid", "hrm_prefix_centered") for s in ("", "@seg1", "@seg3")]
     assert [r["mean_halt_steps"] for r in rows] == [2.0, 1.0, 3.0] * 3
+    agreement = [m for m in caplog.messages if "answers that differ from @seg1: @seg3 " in m]
+    assert [m.split()[2] for m in agreement] == ["hrm_grb", "hrm_grb_mid", "hrm_prefix_centered"]
+    assert hybrid_suite.segment_agreement({1: ["a", "b", "c"], 8: ["a", "x", "c"], 3: ["a", "b", "c"]}) == "answers that differ from @seg1: @seg8 1 of 3, @seg3 0 of 3"
     table = (tmp_path / "hybrid-cpu.md").read_text()
     assert "| hrm_grb_mid@seg3 |" in table and "after half the LLM's layers" in table
 
