@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
@@ -382,11 +383,34 @@ PACKAGED_GGUFS: dict[str, Callable[[], tuple[str, str]]] = {  # backbone name ->
 }
 
 
+# The packaged GGUFs are pinned files, so their tokenizers have known answers: these ids for TOKENIZER_PROBE
+# (with the tokenizer's own special tokens), as transformers 5.24 reads them. transformers 5.17 reads
+# Gemma 3's GGUF tokenizer without its merges and without BOS ("Qu", "est", "ion", ...): every prompt and
+# answer would be tokenized unlike the model was trained, silently.
+TOKENIZER_PROBE = "Question: What is 45 + 55?"
+PACKAGED_PROBE_IDS: dict[str, list[int]] = {
+    "smollm2": [17872, 42, 1812, 314, 216, 36, 37, 1232, 216, 37, 37, 47],
+    "gemma3_270m": [2, 14977, 236787, 2900, 563, 236743, 236812, 236810, 900, 236743, 236810, 236810, 236881],
+}
+
+
+def check_packaged_tokenizer(name: str, file: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a packaged GGUF whose tokenizer this transformers version reads differently from the known answer."""
+    got = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    if got != PACKAGED_PROBE_IDS[name]:
+        raise ValueError(
+            f"{file}: transformers {transformers.__version__} reads this GGUF's tokenizer wrongly ({TOKENIZER_PROBE!r} -> "
+            f"{tokenizer.convert_ids_to_tokens(got)[:6]}..., expected ids {PACKAGED_PROBE_IDS[name][:6]}...); transformers 5.24 reads it right"
+        )
+
+
 def backbone_by_name(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
-    """"smollm2" / "gemma3_270m" (packaged GGUFs: PACKAGED_GGUFS), "tiny" (tiny_backbone) or a hub id / local path."""
+    """"smollm2" / "gemma3_270m" (packaged GGUFs: PACKAGED_GGUFS, tokenizer checked), "tiny" (tiny_backbone) or a hub id / local path."""
     if name in PACKAGED_GGUFS:
         folder, file = PACKAGED_GGUFS[name]()
-        return load_backbone(folder, gguf_file=file, dtype=dtype, device=device)
+        backbone = load_backbone(folder, gguf_file=file, dtype=dtype, device=device)
+        check_packaged_tokenizer(name, file, backbone.tokenizer)
+        return backbone
     if name == "tiny":
         backbone = tiny_backbone(dtype=dtype)
         backbone.model.to(device)

