@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 

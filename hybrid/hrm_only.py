@@ -159,9 +159,10 @@ class HRMOnly(nn.Module):
 
     def loss(self, batch: AnswerBatch, correct_fn: CorrectFn | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Deep supervision: per segment (the last only without deep_supervision), the token-mean
-        CE of the answer + EOS given z_H (teacher forcing), summed over segments; with use_act plus 0.5 · (q_halt + q_continue) from the
-        verifier's scores. correct_fn: per segment the (K,) argmax ids at the answer positions
-        (row-major, as `batch.targets[targets != IGNORE_LABEL_ID]`) -> per segment (B,) scores."""
+        CE of the answer + EOS given z_H (teacher forcing), summed over segments; with use_act plus
+        0.5 · (q_halt + q_continue) from the verifier's scores. correct_fn: per segment the (K,)
+        argmax ids at the answer positions (row-major, as `batch.targets[targets != IGNORE_LABEL_ID]`)
+        -> per segment (B,) scores."""
         if self.config.use_act and correct_fn is None:
             raise ValueError("use_act needs correct_fn: the verifier's scores of each segment's answers")
         prefix_len = self.options.prefix_tokens

@@ -149,7 +149,7 @@ class PrefixTrainable(nn.Module):
             prompts = self.collator.prompts(examples)
             ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
             n = self.lm.config.eval_segments
-            prompts = self.lm.read_prompts(ids, mask)
-            soft = list(self.lm.soft_prefixes(prompts, n))[-1]
-            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft, prompt_cache=prompts.cache)
+            read = self.lm.read_prompts(ids, mask)
+            soft = list(self.lm.soft_prefixes(read, n))[-1]
+            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft, prompt_cache=read.cache)
             return out.answers(self.backbone.tokenizer, torch.full((len(examples),), n))
