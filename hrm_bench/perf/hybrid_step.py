@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 from hrm_bench import records
 from hrm_bench.perf.hybrid_speed import REPO_ROOT, time_steps
 from hrm_bench.profiles import device_facts
-from hrm_bench.suites.hybrid import BACKBONE_DTYPES, HRM_VARIANTS, MATMUL_PRECISIONS, VARIANTS, LLM_ONLY, build_trainable, hrm_config
+from hrm_bench.suites.hybrid import BACKBONE_DTYPES, HRM_VARIANTS, MATMUL_PRECISIONS, VARIANTS, LLM_ONLY, build_trainable, float32_matmul_precision, hrm_config
 from hybrid.backbone import Backbone, backbone_by_name
 from hybrid.config import HybridConfig
 from hybrid.tasks import Collator
@@ -45,17 +43,6 @@ class StepTime:
     seconds: float  # median seconds per optimizer step
     first_loss: float  # lm_loss of the first step from the seeded initialisation
     params: int
-
-
-@contextmanager
-def float32_matmul_precision(precision: str) -> Iterator[None]:
-    """torch.set_float32_matmul_precision for the block, the process's own restored after."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def measure(variant: str, precision: str, backbone: Backbone, data: TrainData, model: dict[str, Any], train: HybridTrainConfig, steps: int) -> StepTime:

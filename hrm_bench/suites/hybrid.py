@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -293,12 +295,28 @@ def finished_variant(plan: SuitePlan, variant: str, output_dir: str) -> dict[str
     return saved["row"]
 
 
+@contextmanager
+def float32_matmul_precision(precision: str) -> Iterator[None]:
+    """torch.set_float32_matmul_precision for the block, the process's own restored after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def run_suite(plan: SuitePlan) -> list[dict[str, Any]]:
+    """Every variant of the plan under its float32 matmul precision (the process's own restored after)."""
+    with float32_matmul_precision(plan.matmul_precision):
+        return compare_variants(plan)
+
+
+def compare_variants(plan: SuitePlan) -> list[dict[str, Any]]:
     from hrm_bench.run import RUNS_HEADER  # the runs.csv header text lives with the other suites
 
     records.check_writable(plan.results_dir)  # before the training, not after it
     print(f"results: {(plan.results_dir / 'runs.csv').resolve()}\ncheckpoints: {plan.output_dir.resolve()}", flush=True)
-    torch.set_float32_matmul_precision(plan.matmul_precision)
     backbone = backbone_by_name(plan.backbone, plan.backbone_dtype, device=plan.profile.device)
     data = TrainData.build(plan.train, Collator(backbone.tokenizer, backbone.max_positions))
     rows, cache_s = [], None

@@ -82,6 +82,16 @@ def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
         hybrid_suite.plan_from_config(compose_cfg(["suite=hybrid", "hardware=cpu", "suite.matmul_precision=tf32"]), overrides=[])
 
 
+def test_the_suite_runs_under_its_matmul_precision_and_restores_the_processs(monkeypatch):
+    overrides = ["suite=hybrid", "hardware=cpu", *TINY, "suite.matmul_precision=medium"]
+    plan = hybrid_suite.plan_from_config(compose_cfg(overrides), overrides)
+    seen = []
+    monkeypatch.setattr(hybrid_suite, "compare_variants", lambda plan: seen.append(torch.get_float32_matmul_precision()) or [])
+    before = torch.get_float32_matmul_precision()
+    assert hybrid_suite.run_suite(plan) == [] and seen == ["medium"]
+    assert torch.get_float32_matmul_precision() == before != "medium"
+
+
 def test_mid_depth_and_prefix_variants_are_evaluated_at_every_eval_segments_count(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=hybrid_suite.logger.name)
     tiny = [o for o in TINY if not o.startswith("suite.variants")]
