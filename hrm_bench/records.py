@@ -85,13 +85,17 @@ HAND_NOTES = "## Notes (by hand)"
 
 def write_generated_page(path: str | Path, text: str) -> Path | None:
     """Write a generated Markdown page; an older page there that holds hand-written notes is moved
-    aside first (to <stem>.<its mtime, UTC>.md), so a rerun never erases what a person wrote. Returns
-    where the old page went, or None."""
+    aside first (to <stem>.<its mtime, UTC>.md, or <stem>.<mtime>-2.md if that name is taken), so a
+    rerun never erases what a person wrote. Returns where the old page went, or None."""
     path = Path(path)
     kept = None
     if path.is_file() and HAND_NOTES in path.read_text(errors="replace"):
         stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+        copies = 1
+        while kept.exists():  # an earlier page kept within the same second stays too
+            copies += 1
+            kept = path.with_name(f"{path.stem}.{stamp}-{copies}{path.suffix}")
         os.replace(path, kept)
         logger.info("%s held hand-written notes: kept as %s", path, kept)
     atomic_write_text(path, text)

@@ -175,3 +175,14 @@ def test_generated_page_keeps_a_page_with_hand_notes(tmp_path):
     assert page.read_text() == "# table 3\n"
     assert kept.parent == tmp_path and kept.name.startswith("hybrid-cpu.") and kept.suffix == ".md"
     assert "what a person saw" in kept.read_text()
+
+
+def test_generated_page_keeps_two_noted_pages_of_the_same_second(tmp_path):
+    page = tmp_path / "hybrid-h200.md"
+    kept = []
+    for note in ("first note", "second note"):
+        page.write_text(f"# table\n\n{records.HAND_NOTES}\n\n{note}\n")
+        os.utime(page, (1_700_000_000, 1_700_000_000))  # both pages carry the same mtime second
+        kept.append(records.write_generated_page(page, "# table\n"))
+    assert kept[0] != kept[1] and kept[1].name.endswith("-2.md")
+    assert "first note" in kept[0].read_text() and "second note" in kept[1].read_text()
