@@ -86,6 +86,7 @@ class HybridTrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: off
     batch_size: int = 16
     max_steps: int = 300
+    max_train_seconds: float | None = None  # stop after this much optimisation time, evaluated and saved (a row's stop_reason says so)
     eval_every: int = 100  # steps; the last step always evaluates
     eval_batch_size: int = 32
     save_every: int = 0  # steps between checkpoints; 0: only at the end
@@ -202,7 +203,7 @@ class FitResult:
     final_eval: dict[str, float]
     curve: list[dict[str, float]] = field(default_factory=list)
 
-    stop_reason: str = "max_steps"  # the loop's only budget (a result row's column)
+    stop_reason: str = "max_steps"  # max_steps | max_train_seconds: the budget that ended the run (a result row's column)
 
     @property
     def train_examples_per_s(self) -> float | None:
@@ -280,7 +281,7 @@ def save_checkpoint(path: Path, trainable: Trainable, optimizer: torch.optim.Opt
 
 
 # HybridTrainConfig keys that drive a run without changing what it trains (may differ on resume)
-RUN_CONTROLS = frozenset({"max_steps", "resume", "output_dir", "cache_dir", "progress", "wandb", "wandb_project", "eval_every",
+RUN_CONTROLS = frozenset({"max_steps", "max_train_seconds", "resume", "output_dir", "cache_dir", "progress", "wandb", "wandb_project", "eval_every",
                           "eval_batch_size", "save_every", "log_samples_every", "samples_logged"})
 CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
 
@@ -325,16 +326,19 @@ def _fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig, stop:
     elif curve_path.is_file():
         curve_path.unlink()  # a fresh run's curve holds this run only (its checkpoint is replaced too)
     tracker = Tracker(config, total=config.max_steps, initial=start)
-    train_seconds, curve, final = 0.0, [], {}
+    train_seconds, curve, final, step, stop_reason = 0.0, [], {}, start, "max_steps"
     for step in range(start + 1, config.max_steps + 1):
         batch, correct_fn = data.batch(step - 1, config.batch_size, trainable.uses_cached_states)
         tick = time.perf_counter()
-        scalars = train_step(trainable, optimizer, batch, correct_fn, config.grad_clip)
+        scalars = train_step(trainable, optimizer, batch, correct_fn, config.grad_clip)  # reads grad_norm: the device has finished
         train_seconds += time.perf_counter() - tick
         tracker.advance()
         tracker.log({f"train/{k}": v for k, v in scalars.items()}, step)
+        if config.max_train_seconds is not None and train_seconds >= config.max_train_seconds and step < config.max_steps:
+            stop_reason = "max_train_seconds"
+        last = step == config.max_steps or stop_reason == "max_train_seconds"
         completions = None
-        if step % config.eval_every == 0 or step == config.max_steps:
+        if step % config.eval_every == 0 or last:
             final, completions = evaluate(trainable.answer, data, config)
             curve.append({"step": step, **final})
             append_curve(curve_path, curve[-1])
@@ -342,12 +346,14 @@ def _fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig, stop:
         if config.log_samples_every and step % config.log_samples_every == 0:
             shown = data.eval[: config.samples_logged]
             log_samples(step, shown, completions or trainable.answer(shown, config.decode, torch.Generator().manual_seed(config.seed)).texts)
-        if (config.save_every and step % config.save_every == 0) or step == config.max_steps or stop:
+        if (config.save_every and step % config.save_every == 0) or last or stop:
             save_checkpoint(checkpoint, trainable, optimizer, step, config)
         if stop:
             tracker.close()
             raise TrainingInterrupted(stop.signal_name, step, checkpoint)
+        if last:
+            break
     tracker.close()
     if not final:  # resumed at max_steps: nothing trained, still report the model's accuracy
         final, _ = evaluate(trainable.answer, data, config)
-    return FitResult(config.max_steps, train_seconds, (config.max_steps - start) * config.batch_size, final, curve)
+    return FitResult(step, train_seconds, (step - start) * config.batch_size, final, curve, stop_reason)

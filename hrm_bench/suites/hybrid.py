@@ -209,20 +209,20 @@ def run_variant(plan: SuitePlan, variant: str, backbone: Backbone, data: TrainDa
     if variant in LLM_ONLY:
         shots = plan.few_shot if variant == "llm_few_shot" else 0
         final, _ = evaluate(llm_only(backbone, data, shots, plan.seed), data, train)
-        params, steps, examples_per_s = 0, 0, None
+        params, steps, examples_per_s, stop_reason = 0, 0, None, None
     else:
         trainable = build_trainable(plan.model, plan.seed, variant, backbone, data)
         result = fit(trainable, data, train)
-        final, steps, examples_per_s = result.final_eval, result.steps, result.train_examples_per_s
+        final, steps, examples_per_s, stop_reason = result.final_eval, result.steps, result.train_examples_per_s, result.stop_reason
         params = sum(p.numel() for p in trainable.parameters())
-    row = result_row(plan, variant, final, params, steps, time.perf_counter() - start, examples_per_s, peak.gib())
+    row = result_row(plan, variant, final, params, steps, time.perf_counter() - start, examples_per_s, peak.gib(), stop_reason)
     rows = [row]
     if isinstance(trainable, (HybridTrainable, PrefixTrainable)) and plan.eval_segments:
         completions = {}
         for n in plan.eval_segments:
             trainable.lm.config.eval_segments = n
             swept, completions[n] = evaluate(trainable.answer, data, train)
-            rows.append(result_row(plan, f"{variant}@seg{n}", swept, params, steps, row["wall_s"], examples_per_s, peak.gib()))
+            rows.append(result_row(plan, f"{variant}@seg{n}", swept, params, steps, row["wall_s"], examples_per_s, peak.gib(), stop_reason))
         logger.info("hybrid suite: %s %s", variant, segment_agreement(completions))
     return rows
 
@@ -234,7 +234,8 @@ def segment_agreement(completions: dict[int, list[str]]) -> str:
     return f"answers that differ from @seg{first}: " + (", ".join(changed) or "no other segment count")
 
 
-def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: int, steps: int, wall_s: float, examples_per_s: float | None, peak_gib: float) -> dict[str, Any]:
+def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: int, steps: int, wall_s: float, examples_per_s: float | None, peak_gib: float,
+               stop_reason: str | None) -> dict[str, Any]:
     return {
         **records.run_stamp("hrm_bench.run", REPO_ROOT),
         "suite": "hybrid",
@@ -253,7 +254,7 @@ def result_row(plan: SuitePlan, variant: str, final: dict[str, float], params: i
         "verifier_accuracy": final["verifier_accuracy"],
         "decode_tokens_per_s": final["decode_tokens_per_s"],
         "config": config_column(plan),
-        "stop_reason": "max_steps" if steps else None,
+        "stop_reason": stop_reason,
         "_per_task": {k.split("/", 1)[1]: v for k, v in final.items() if "/" in k},  # for the comparison table only
     }
 

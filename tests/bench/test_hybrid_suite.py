@@ -67,6 +67,14 @@ def test_tiny_suite_writes_one_row_per_variant_and_the_table(tmp_path):
     assert all(f"| {r['variant']} |" in table for r in rows) and "mean segments" in table and "decode tok/s" in table
 
 
+def test_a_run_cut_by_its_time_budget_says_so_in_its_row(tmp_path):
+    overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *TINY,
+                 "++suite.train.max_steps=3", "++suite.train.max_train_seconds=0", "suite.variants=[llm_zero_shot,hrm_grb]"]
+    rows = {r["variant"]: r for r in hybrid_suite.main(compose_cfg(overrides), overrides)}
+    assert (rows["hrm_grb"]["steps"], rows["hrm_grb"]["stop_reason"]) == (1, "max_train_seconds")
+    assert (rows["llm_zero_shot"]["steps"], rows["llm_zero_shot"]["stop_reason"]) == (0, None)
+
+
 def test_a_bfloat16_llm_runs_every_kind_of_variant(tmp_path):
     overrides = ["suite=hybrid", "hardware=cpu", f"results_dir={tmp_path}", f"checkpoint_root={tmp_path / 'ckpt'}", *TINY, "suite.backbone_dtype=bfloat16"]
     plan = hybrid_suite.plan_from_config(compose_cfg(overrides), overrides)

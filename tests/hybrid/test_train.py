@@ -45,6 +45,30 @@ def test_resume_continues_bit_identically(setup, tmp_path):
     assert any(not torch.equal(w, untrained[k]) for k, w in straight.state_dict().items())  # it did train
 
 
+def test_a_time_budget_stops_after_the_step_that_spends_it_evaluated_saved_and_resumable(setup, tmp_path):
+    """max_train_seconds=0 ends the run after its first step with a final evaluation and a checkpoint;
+    resuming without the budget then reaches the very weights of an uninterrupted run."""
+    backbone, data, config = setup
+    torch.manual_seed(0)
+    cut = HybridTrainable(tiny_config(use_act=False), backbone, data.collator)
+    result = fit(cut, data, replace(config, max_train_seconds=0.0, eval_every=100, log_samples_every=0, output_dir=str(tmp_path / "cut")))
+    assert (result.steps, result.stop_reason, result.train_examples) == (1, "max_train_seconds", config.batch_size)
+    assert [int(r["step"]) for r in csv.DictReader((tmp_path / "cut" / "eval_curve.csv").open())] == [1]
+    assert result.final_eval.items() <= result.curve[-1].items()
+    resumed = trained(setup, tmp_path / "cut", 4, resume=True, act=False, eval_every=100, log_samples_every=0)
+    straight = trained(setup, tmp_path / "straight", 4, resume=False, act=False, eval_every=100, log_samples_every=0)
+    for name, weight in straight.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
+
+
+def test_a_time_budget_the_run_does_not_reach_changes_nothing(setup, tmp_path):
+    backbone, data, config = setup
+    torch.manual_seed(0)
+    model = HybridTrainable(tiny_config(use_act=False), backbone, data.collator)
+    result = fit(model, data, replace(config, max_train_seconds=1e9, output_dir=str(tmp_path)))
+    assert (result.steps, result.stop_reason) == (config.max_steps, "max_steps")
+
+
 def test_the_eval_curve_has_one_row_per_evaluation(setup, tmp_path):
     trained(setup, tmp_path, 4, resume=False, act=False)
     rows = list(csv.DictReader((tmp_path / "eval_curve.csv").open()))
