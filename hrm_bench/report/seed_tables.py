@@ -70,10 +70,14 @@ def markdown(summary: pd.DataFrame, metric: str, header: str) -> str:
 
 
 def plot(summary: pd.DataFrame, metric: str, path: Path, title: str) -> None:
-    fig, ax = records.figure(width=8)
-    ax.bar(summary.index, summary["mean"], yerr=summary["std"].fillna(0), capsize=4)
-    ax.set(ylabel=metric, title=title)
-    ax.tick_params(axis="x", rotation=30)
+    """Horizontal bars in the table's order, each labelled with its seed count: long variant names
+    stay readable however many rows the table has."""
+    fig, ax = records.figure(width=8, height=1.2 + 0.28 * len(summary))
+    labels = [f"{variant} (n={int(n)})" for variant, n in summary["seeds"].items()]
+    ax.barh(labels, summary["mean"], xerr=summary["std"].fillna(0), capsize=3)
+    ax.invert_yaxis()
+    ax.set(xlabel=metric, title=title)
+    ax.tick_params(axis="y", labelsize=8)
     records.save_figure(fig, path)
 
 
@@ -105,5 +109,5 @@ def main(argv: list[str] | None = None) -> None:
     )
     name = args.name or f"{args.suite}-seeds"
     records.write_generated_page(results / f"{name}.md", markdown(summary, args.metric, header))
-    plot(summary, args.metric, results / f"{name}.png", f"{args.suite}: {args.metric}, mean ± std over {summary['seeds'].max()} seeds")
+    plot(summary, args.metric, results / f"{name}.png", f"{args.suite}: {args.metric}, mean ± std over seeds")
     print(markdown(summary, args.metric, header))
