@@ -8,14 +8,17 @@ processes, `--jobs` at a time, sharing the machine's CPU threads evenly:
 
     python -m hrm_bench.suites.parallel --jobs 8 --seeds 0 1 2 \\
         --each 'suite.variants=[lora]' 'suite.variants=[hrm_prefix_centered]' \\
-        --start-until 1200 --deadline 1380 -- suite=hybrid hardware=h200
+        --start-until 1200 --deadline 1380 --budget-key suite.train.max_train_seconds -- suite=hybrid hardware=h200
 
 Each job is the same command a user would type, with its own log (<log_dir>/<job>.log) and Hydra
 folder; every job appends its rows to the one results/runs.csv (records.append_row holds a lock).
 Jobs start in the order given (each --each entry over every seed), so the first ones are the ones
 that must finish. No job starts after --start-until seconds; at --deadline the running ones get
 SIGTERM, save a checkpoint and stop (re-run the same command with ++suite.train.resume=true to
-continue them). The exit status is 0 only if every job started and finished.
+continue them); a stopped job writes no row. With --budget-key (e.g. suite.train.max_train_seconds)
+each job is started with that override set to the time left before the deadline less --reserve
+(its final evaluations and row), so it ends by itself, evaluated, instead of being stopped.
+The exit status is 0 only if every job started and finished.
 """
 
 from __future__ import annotations
@@ -83,9 +86,11 @@ def poll(job: Job) -> bool:
     return False
 
 
-def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, deadline: float, tick: float = 2.0, grace: float = 120.0) -> list[Job]:
+def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, deadline: float, tick: float = 2.0, grace: float = 120.0,
+             budget_key: str | None = None, reserve: float = 240.0) -> list[Job]:
     """Keep `parallel` jobs running until all ran or the clock says stop; print each start and end.
-    A job still running `grace` seconds after its SIGTERM (stuck before its training loop) is killed."""
+    A job still running `grace` seconds after its SIGTERM (stuck before its training loop) is killed.
+    With `budget_key`, a job starting at t gets `++<budget_key>=<deadline - t - reserve>` (at least 0)."""
     clock = time.monotonic()
     waiting, running = list(jobs), []
     while waiting or running:
@@ -103,6 +108,8 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, d
                     job.status = "stopped"
         while waiting and len(running) < parallel and elapsed < min(start_until, deadline):
             job = waiting.pop(0)
+            if budget_key is not None and deadline != float("inf"):
+                job.argv.append(f"++{budget_key}={max(0, round(deadline - elapsed - reserve))}")
             start(job, threads)
             running.append(job)
             print(f"[{elapsed:6.0f} s] started: {job.name} -> {job.log}", flush=True)
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=4, help="jobs running at once")
     parser.add_argument("--start-until", type=float, default=float("inf"), help="seconds after which no job starts")
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which running jobs are stopped (SIGTERM: checkpoint, then exit)")
+    parser.add_argument("--budget-key", default=None, help="a job's time-budget override (e.g. suite.train.max_train_seconds), set from the deadline")
+    parser.add_argument("--reserve", type=float, default=240.0, help="with --budget-key: seconds each job keeps before the deadline for its final evaluations")
     parser.add_argument("--log-dir", type=Path, default=Path("outputs/parallel"))
     parser.add_argument("common", nargs="*", help="overrides every job shares (after --), e.g. suite=hybrid hardware=h200")
     args = parser.parse_args(argv)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan_jobs(args.each, args.seeds, args.common, args.log_dir)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"{len(jobs)} jobs, {args.jobs} at a time, {threads} CPU thread(s) each; logs in {args.log_dir}", flush=True)
-    run_jobs(jobs, args.jobs, threads, args.start_until, args.deadline)
+    run_jobs(jobs, args.jobs, threads, args.start_until, args.deadline, budget_key=args.budget_key, reserve=args.reserve)
     print(summary(jobs), flush=True)
     return 0 if all(job.status == "finished" for job in jobs) else 1
 

@@ -39,3 +39,14 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     job = parallel.Job("stubborn", stubborn, tmp_path / "stubborn.log")
     parallel.run_jobs([job], parallel=1, threads=1, start_until=0.5, deadline=1.0, tick=0.1, grace=1.0)
     assert job.status == "stopped" and job.process.returncode == -9
+
+
+def test_a_budget_key_gives_each_job_the_time_left_before_the_deadline(tmp_path):
+    """The first job starts at once (the whole budget), the second only once the first has ended."""
+    quick = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    jobs = [parallel.Job(f"j{i}", list(quick), tmp_path / f"j{i}.log") for i in range(2)]
+    parallel.run_jobs(jobs, parallel=1, threads=1, start_until=50, deadline=100, tick=0.1, budget_key="suite.train.max_train_seconds", reserve=40)
+    budgets = [int(j.argv[-1].removeprefix("++suite.train.max_train_seconds=")) for j in jobs]
+    assert [j.status for j in jobs] == ["finished", "finished"]
+    assert budgets[0] == 60 and 58 <= budgets[1] < 60
+    assert (tmp_path / "j1.log").read_text().rstrip().endswith(f"++suite.train.max_train_seconds={budgets[1]}")
