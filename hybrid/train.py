@@ -330,7 +330,7 @@ def _fit(trainable: Trainable, data: TrainData, config: HybridTrainConfig, stop:
     for step in range(start + 1, config.max_steps + 1):
         batch, correct_fn = data.batch(step - 1, config.batch_size, trainable.uses_cached_states)
         tick = time.perf_counter()
-        scalars = train_step(trainable, optimizer, batch, correct_fn, config.grad_clip)  # reads grad_norm: the device has finished
+        scalars = train_step(trainable, optimizer, batch, correct_fn, config.grad_clip)  # with grad_clip, reading grad_norm waits for the device
         train_seconds += time.perf_counter() - tick
         tracker.advance()
         tracker.log({f"train/{k}": v for k, v in scalars.items()}, step)

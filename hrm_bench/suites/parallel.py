@@ -90,7 +90,9 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, d
              budget_key: str | None = None, reserve: float = 240.0) -> list[Job]:
     """Keep `parallel` jobs running until all ran or the clock says stop; print each start and end.
     A job still running `grace` seconds after its SIGTERM (stuck before its training loop) is killed.
-    With `budget_key`, a job starting at t gets `++<budget_key>=<deadline - t - reserve>` (at least 0)."""
+    With `budget_key` (a finite deadline needed), a job starting at t gets `++<budget_key>=<deadline - t - reserve>` (at least 0)."""
+    if budget_key is not None and deadline == float("inf"):
+        raise ValueError("a budget key needs a finite deadline to count the time left from")
     clock = time.monotonic()
     waiting, running = list(jobs), []
     while waiting or running:
@@ -108,7 +110,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, start_until: float, d
                     job.status = "stopped"
         while waiting and len(running) < parallel and elapsed < min(start_until, deadline):
             job = waiting.pop(0)
-            if budget_key is not None and deadline != float("inf"):
+            if budget_key is not None:
                 job.argv.append(f"++{budget_key}={max(0, round(deadline - elapsed - reserve))}")
             start(job, threads)
             running.append(job)
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.budget_key is not None and args.deadline == float("inf"):
+        parser.error("--budget-key needs a --deadline to count the time left from")
     jobs = plan_jobs(args.each, args.seeds, args.common, args.log_dir)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"{len(jobs)} jobs, {args.jobs} at a time, {threads} CPU thread(s) each; logs in {args.log_dir}", flush=True)

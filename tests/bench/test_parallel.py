@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import sys
 
+import pytest
+
 from hrm_bench.suites import parallel
 from tests.bench.test_hybrid_suite import TINY
 
@@ -50,3 +52,9 @@ def test_a_budget_key_gives_each_job_the_time_left_before_the_deadline(tmp_path)
     assert [j.status for j in jobs] == ["finished", "finished"]
     assert budgets[0] == 60 and 58 <= budgets[1] < 60
     assert (tmp_path / "j1.log").read_text().rstrip().endswith(f"++suite.train.max_train_seconds={budgets[1]}")
+
+
+def test_a_budget_key_without_a_deadline_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parallel.main(["--each", "suite.variants=[lora]", "--budget-key", "suite.train.max_train_seconds", "--", "suite=hybrid"])
+    assert "--budget-key needs a --deadline" in capsys.readouterr().err
