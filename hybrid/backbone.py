@@ -133,6 +133,13 @@ class Backbone:
         return None if depth == 1.0 or layer == self.num_layers - 1 else layer
 
     @property
+    def kv_heads(self) -> tuple[int, int]:
+        """(key/value heads, head dim) of every attention layer: the shape of one token's cached keys."""
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """Every id that ends a generation: the tokenizer's EOS and the generation config's."""
         ids = {self.tokenizer.eos_token_id}
@@ -234,6 +241,15 @@ class Backbone:
             raise ValueError(f"the layers above {layer} cached {sorted(lengths)} tokens: a sequence longer than the sliding window ({window}) has no whole prefix cache")
         kv = torch.stack([torch.stack((cache.layers[i].keys, cache.layers[i].values)) for i in range(layer + 1, self.num_layers)])  # (L, 2, B, H, T, hd)
         return kv.permute(2, 4, 0, 1, 3, 5)
+
+    def append_kv(self, cache: Any, kv: Tensor) -> int:
+        """Appends per-layer key/value slots (B, layers, 2, KV heads, k, head dim) after the tokens
+        of a forward's KV cache, in place; returns k, the positions they take."""
+        if kv.shape[1] != self.num_layers:
+            raise ValueError(f"kv holds {kv.shape[1]} layers, the model has {self.num_layers}")
+        for i in range(self.num_layers):
+            cache.update(kv[:, i, 0].to(self.dtype), kv[:, i, 1].to(self.dtype), i)
+        return kv.shape[-2]
 
     @contextmanager
     def injected_at(self, layer: int | None, condition: Callable[[Tensor], Tensor] | None) -> Iterator[None]:

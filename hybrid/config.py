@@ -51,6 +51,8 @@ class HybridConfig:
     cab_gate_init: float = -1.5
     cab_mem_tokens: int = 4  # memory tokens z_H is projected into (m >= 1)
     prefix_tokens: int = 4  # injector "prefix": soft tokens z_H becomes, read by the whole LLM between prompt and answer (hybrid.prefix)
+    prefix_kv_tokens: int = 0  # injector "prefix": also z_H as this many key/value slots in every layer's attention, after the prompt (prefix tuning); 0: soft tokens only
+    prefix_kv_rank: int = 32  # width of the slots' bottleneck from z_H (a full d_h -> layers x slots x keys/values map would outgrow LoRA's parameter count)
     relative_injection: bool = False  # scale the injected delta by each state's RMS: the gate is then its share of the stream
     logit_bias_head: bool = True  # gated vocab bias: logits += sigmoid(gate) · W(z_H)
     logit_bias_init: float = -2.0
@@ -79,6 +81,10 @@ class HybridConfig:
             raise ValueError("use_act trains the q-head on every segment's answer, so it needs deep_supervision=True")
         if self.use_act and self.controller != "hrm":
             raise ValueError(f"use_act needs the HRM controller's q-head, got controller={self.controller!r}")
+        if self.prefix_kv_tokens < 0 or self.prefix_kv_rank < 1:
+            raise ValueError(f"prefix_kv_tokens must be >= 0 and prefix_kv_rank >= 1, got {self.prefix_kv_tokens} and {self.prefix_kv_rank}")
+        if self.prefix_kv_tokens and self.injector != "prefix":
+            raise ValueError(f"prefix_kv_tokens are key/value slots of the prefix injector, got injector={self.injector!r}")
         if self.input_tokens < 0:
             raise ValueError(f"input_tokens must be >= 0 (0: pooled), got {self.input_tokens}")
         if not 0.0 < self.inject_depth <= 1.0:

@@ -12,7 +12,9 @@ training conditions (hybrid.model), so the prompt's context above k stays the LL
 With `soft_prefix` (B, m, D) the LLM reads m soft tokens right after the prompt, through all its
 layers (hybrid.prefix), and the first generated token comes from the last of them; `prompt_cache`
 is then the prompt's KV cache from a pass the caller has already run (the prefix reads the prompt
-to make the soft tokens), so the prompt is not run a second time.
+to make the soft tokens), so the prompt is not run a second time. `cache_slots` k says that
+prompt_cache ends in k key/value slots after the prompt (Backbone.append_kv): they take positions
+as tokens do, and the soft tokens follow them.
 `use_cache=False` is the slow reference decode that recomputes the whole context each step.
 """
 
@@ -121,7 +123,7 @@ def conditioned_logits(backbone: Backbone, hidden: Tensor, condition: Condition 
     return logits if logit_bias is None else logits + logit_bias
 
 
-def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor, config: DecodeConfig, logit_bias: Tensor | None, soft_prefix: Tensor | None) -> None:
+def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor, config: DecodeConfig, logit_bias: Tensor | None, soft_prefix: Tensor | None, cache_slots: int) -> None:
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and attention_mask must both be (B, P), got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
     if not bool(attention_mask[:, -1].all()):
@@ -129,9 +131,9 @@ def _check_inputs(backbone: Backbone, input_ids: Tensor, attention_mask: Tensor,
     soft = 0 if soft_prefix is None else soft_prefix.shape[1]
     if soft_prefix is not None and (soft_prefix.ndim != 3 or soft_prefix.shape[0] != input_ids.shape[0] or soft_prefix.shape[2] != backbone.hidden_size):
         raise ValueError(f"soft_prefix must be (B={input_ids.shape[0]}, m, D={backbone.hidden_size}), got {tuple(soft_prefix.shape)}")
-    total = input_ids.shape[1] + soft + config.max_new_tokens
+    total = input_ids.shape[1] + cache_slots + soft + config.max_new_tokens
     if total > backbone.max_positions:
-        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + soft prefix ({soft}) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds the model's context of {backbone.max_positions}")
+        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + key/value slots ({cache_slots}) + soft prefix ({soft}) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds the model's context of {backbone.max_positions}")
     if logit_bias is not None and (logit_bias.shape[-1] != backbone.vocab_size or logit_bias.ndim > 2):
         raise ValueError(f"logit_bias must be (B, {backbone.vocab_size}) or ({backbone.vocab_size},), got {tuple(logit_bias.shape)}")
 
@@ -149,11 +151,14 @@ def generate(
     condition_layer: int | None = None,
     soft_prefix: Tensor | None = None,
     prompt_cache: Any = None,
+    cache_slots: int = 0,
 ) -> Generation:
     """Decode left-padded prompts until every row has emitted an EOS or max_new_tokens."""
-    _check_inputs(backbone, input_ids, attention_mask, config, logit_bias, soft_prefix)
+    _check_inputs(backbone, input_ids, attention_mask, config, logit_bias, soft_prefix, cache_slots)
     if prompt_cache is not None and (soft_prefix is None or not use_cache):
         raise ValueError("prompt_cache stands for the prompt pass before a soft prefix, with use_cache=True")
+    if cache_slots and prompt_cache is None:
+        raise ValueError("cache_slots are key/value slots at the end of a prompt_cache: pass the cache that holds them")
     if condition_layer is not None:
         if soft_prefix is not None:
             raise ValueError("a soft prefix is read by every layer: it takes no condition_layer")
@@ -164,6 +169,7 @@ def generate(
     pad_id = backbone.tokenizer.pad_token_id
     ids, mask = input_ids, attention_mask
     hidden, cache = (None, prompt_cache) if prompt_cache is not None else backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
+    mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, cache_slots)], 1)
     if soft_prefix is not None:  # then the soft tokens, after the prompt's cache (or with the whole context, below)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, soft_prefix.shape[1])], 1)
         hidden, cache = (backbone.hidden_states(None, mask, position_ids(mask)[:, -soft_prefix.shape[1]:], past_key_values=cache, use_cache=True, inputs_embeds=soft_prefix)

@@ -15,6 +15,12 @@ continue from. Each training step runs the whole LLM over m + answer tokens per 
 gradient through its frozen layers to the soft tokens; decoding reads the soft tokens into the KV
 cache once, after the prompt (hybrid.generate).
 
+With prefix_kv_tokens k > 0, z_H also becomes k key/value slots in every layer's attention, after
+the prompt's and before the soft tokens' (prefix tuning, Li & Liang 2021): every layer, not only the
+first, then reads the controller directly, the way LoRA changes every layer. The slots take
+positions as tokens do; they start as copies of the prompt's last k tokens' keys and values, and
+z_H moves them (KVSlots).
+
 Scale: the soft tokens start at the RMS of the row's own prompt embeddings (per model: SmolLM2's
 embeddings are small, Gemma scales its embeddings by sqrt(D) inside the model), so at step 0 they
 look like tokens to the LLM; a learned gain adjusts it. There is no gate that recovers the LLM
@@ -55,6 +61,37 @@ class SoftPrefix(nn.Module):
         return rms_norm(soft, self.eps) * (self.gain * scale).view(-1, 1, 1)
 
 
+class KVSlots(nn.Module):
+    """z_H (B, d_h) -> k key/value slots per layer (B, layers, 2, KV heads, k, head dim): the keys
+    and values of the prompt's last k tokens, again, plus a delta from z_H through a rank-r
+    bottleneck, RMS-normalised per head and scaled to `scale` (B, layers, 2), the prompt's own RMS,
+    times a learned gain per layer and kind (0.1 at init).
+
+    Slots of random keys and values at the prompt's scale would put noise into every layer (SmolLM2:
+    answer CE 12.5 at step 0, against 3.4 with the soft tokens alone); copies of tokens the LLM has
+    already read change little, and the controller moves them from there."""
+
+    def __init__(self, d_h: int, rank: int, layers: int, heads: int, head_dim: int, tokens: int, eps: float) -> None:
+        super().__init__()
+        self.shape, self.eps = (layers, 2, heads, tokens, head_dim), eps
+        self.down = CastedLinear(d_h, rank, bias=False)
+        self.up = CastedLinear(rank, layers * 2 * heads * tokens * head_dim, bias=False)
+        self.gain = nn.Parameter(torch.full((layers, 2), 0.1))
+
+    def forward(self, z_H: Tensor, prompt_kv: Tensor, scale: Tensor) -> Tensor:
+        """prompt_kv (B, layers, 2, KV heads, P, head dim), left-padded: its last k tokens are real."""
+        delta = rms_norm(self.up(self.down(z_H)).view(z_H.shape[0], *self.shape), self.eps)
+        return prompt_kv[..., -self.shape[3] :, :].float() + delta * (self.gain * scale)[..., None, None, None]
+
+
+@dataclass
+class Conditioning:
+    """One segment's conditioning of the LLM: its soft tokens and, with prefix_kv_tokens, its slots."""
+
+    soft: Tensor  # (B, m, D)
+    slots: Tensor | None  # (B, layers, 2, KV heads, k, head dim)
+
+
 @dataclass
 class PromptRead:
     """One pass of the frozen LLM over left-padded prompts: what the controller and the soft tokens need."""
@@ -63,6 +100,8 @@ class PromptRead:
     cache: Any  # the prompt's KV cache, every layer
     mask: Tensor  # (B, P)
     scale: Tensor  # (B,) RMS of each row's prompt input embeddings
+    kv: Tensor  # (B, layers, 2, KV heads, P, head dim): the cache's keys and values, per layer
+    kv_scale: Tensor | None  # (B, layers, 2) RMS of each row's prompt keys and values per layer; None without slots
 
 
 class PrefixLM(nn.Module):
@@ -78,6 +117,7 @@ class PrefixLM(nn.Module):
         self.bridge = build_bridge(config, backbone.hidden_size, backbone.embed)
         self.controller = build_controller(config)
         self.prefix = SoftPrefix(config.d_h, backbone.hidden_size, config.prefix_tokens, config.rms_norm_eps)
+        self.slots = KVSlots(config.d_h, config.prefix_kv_rank, backbone.num_layers, *backbone.kv_heads, config.prefix_kv_tokens, config.rms_norm_eps) if config.prefix_kv_tokens else None
 
     @torch.no_grad()
     def read_prompts(self, input_ids: Tensor, attention_mask: Tensor) -> PromptRead:
@@ -85,27 +125,39 @@ class PrefixLM(nn.Module):
         embedded = self.backbone.embed(input_ids).float()
         per_token = embedded.square().mean(-1)  # (B, P)
         scale = (per_token * attention_mask).sum(1).div(attention_mask.sum(1)).sqrt()
-        return PromptRead(hidden.float(), cache, attention_mask, scale)
+        kv = self.backbone.upper_kv(cache, -1).permute(0, 2, 3, 4, 1, 5)  # (B, layers, 2, KV heads, P, head dim)
+        return PromptRead(hidden.float(), cache, attention_mask, scale, kv, None if self.slots is None else self._kv_scale(kv, attention_mask))
 
-    def soft_prefixes(self, prompts: PromptRead, n_segments: int) -> Iterator[Tensor]:
-        """Each segment's soft tokens (B, m, D)."""
+    @staticmethod
+    def _kv_scale(kv: Tensor, attention_mask: Tensor) -> Tensor:
+        per_token = kv.float().square().mean((-1, -3))  # (B, layers, 2, P)
+        weights = attention_mask[:, None, None, :].float()
+        return (per_token * weights).sum(-1).div(weights.sum(-1)).sqrt()
+
+    def conditionings(self, prompts: PromptRead, n_segments: int) -> Iterator[Conditioning]:
+        """Each segment's soft tokens and slots."""
         x = self.bridge(prompts.hidden, prompts.mask, prompts.mask.sum(1))
         for out in self.controller.segments(x, n_segments):
-            yield self.prefix(out.z_H, prompts.scale)
+            yield Conditioning(self.prefix(out.z_H, prompts.scale), None if self.slots is None else self.slots(out.z_H, prompts.kv, prompts.kv_scale))
 
     def answer_logits(self, prompts: PromptRead, answer_ids: Tensor, answer_mask: Tensor, n_segments: int, supervised_only: bool = False) -> list[Tensor]:
         """Teacher-forced, per segment: the logits (N, V) that predict the answer tokens, in the
         order of answer_mask (B, A) (right-padded answers). All segments run through the LLM
         together; with supervised_only, only those the training loss reads (config.supervised)."""
-        softs = list(self.soft_prefixes(prompts, n_segments))
+        segments = list(self.conditionings(prompts, n_segments))
         if supervised_only:
-            softs = self.config.supervised(softs)
-        M, m = len(softs), self.config.prefix_tokens
+            segments = self.config.supervised(segments)
+        M, m = len(segments), self.config.prefix_tokens
         answers = self.backbone.embed(answer_ids).float()  # (B, A, D)
-        inputs = torch.cat([torch.cat((soft, answers), 1) for soft in softs])  # (M·B, m + A, D)
+        inputs = torch.cat([torch.cat((segment.soft, answers), 1) for segment in segments])  # (M·B, m + A, D)
         mask = torch.cat((torch.ones_like(answer_mask[:, :1]).expand(-1, m), answer_mask), 1).repeat(M, 1)
-        kv = self.backbone.upper_kv(prompts.cache, -1).permute(0, 2, 3, 4, 1, 5)  # (B, layers, 2, KV heads, P, head dim)
-        top = self.backbone.top_states(inputs, mask, -1, kv.repeat(M, 1, 1, 1, 1, 1), prompts.mask.repeat(M, 1))
+        kv, before = prompts.kv, prompts.mask
+        if self.slots is not None:  # each segment's slots continue its rows' prompt, as tokens would
+            kv = torch.cat([torch.cat((kv.float(), segment.slots), 4) for segment in segments])
+            before = torch.cat((before, torch.ones_like(before[:, :1]).expand(-1, self.config.prefix_kv_tokens)), 1)
+        else:
+            kv = kv.repeat(M, 1, 1, 1, 1, 1)
+        top = self.backbone.top_states(inputs, mask, -1, kv, before.repeat(M, 1))
         predicting = top[:, m - 1 : -1]  # (M·B, A, D): the last soft token predicts the first answer token
         selected = predicting[answer_mask.bool().repeat(M, 1)]  # (M·N, D), segment-major
         return list(self.backbone.logits(selected).chunk(M))
@@ -150,6 +202,7 @@ class PrefixTrainable(nn.Module):
             ids, mask = prompts["input_ids"].to(self.backbone.device), prompts["attention_mask"].to(self.backbone.device)
             n = self.lm.config.eval_segments
             read = self.lm.read_prompts(ids, mask)
-            soft = list(self.lm.soft_prefixes(read, n))[-1]
-            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=soft, prompt_cache=read.cache)
+            last = list(self.lm.conditionings(read, n))[-1]
+            slots = 0 if last.slots is None else self.backbone.append_kv(read.cache, last.slots)
+            out = generate(self.backbone, ids, mask, seeded(decode, generator), soft_prefix=last.soft, prompt_cache=read.cache, cache_slots=slots)
             return out.answers(self.backbone.tokenizer, torch.full((len(examples),), n))

@@ -63,6 +63,9 @@ HRM_VARIANTS: dict[str, dict[str, Any]] = {  # HybridConfig settings of each HRM
     # (one CE, not the sum of 3, and one LLM pass per step instead of 3)
     "hrm_prefix16_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True, "prefix_tokens": 16},
     "hrm_prefix_last_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True, "deep_supervision": False},
+    # and z_H as 4 key/value slots in every layer's attention too (prefix tuning): every layer reads the
+    # controller directly, as LoRA changes every layer, not only through the first layer's soft tokens
+    "hrm_prefix_kv_centered": {"injector": "prefix", "logit_bias_head": False, "centered_input": True, "prefix_kv_tokens": 4},
 }
 LLM_ONLY = ("llm_zero_shot", "llm_few_shot")
 VARIANTS = (*LLM_ONLY, *HRM_VARIANTS, "hrm_only", "lora")

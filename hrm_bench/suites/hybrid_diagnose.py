@@ -104,7 +104,8 @@ def grad_norms(trainable: Trainable, unclip: float) -> dict[str, float]:
 
 def gates(trainable: Trainable) -> dict[str, float]:
     if isinstance(trainable, PrefixTrainable):
-        return {"prefix_gain": trainable.lm.prefix.gain.item()}
+        slots = trainable.lm.slots
+        return {"prefix_gain": trainable.lm.prefix.gain.item(), **({} if slots is None else {"slots_gain_mean": slots.gain.mean().item()})}
     if not isinstance(trainable, HybridTrainable):
         return {}
     found = {"injector": torch.sigmoid(trainable.lm.injector.gate).item()}

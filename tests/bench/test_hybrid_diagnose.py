@@ -47,6 +47,14 @@ def test_a_controller_reading_the_prompt_overfits_a_small_set(setup, variant):
     assert set(result.grad_step1) >= {"bridge", "injector"} and all(v > 0 for v in result.grad_step1.values())
 
 
+def test_the_prefix_with_key_value_slots_overfits_a_small_set_through_both(setup):
+    result = fitted(setup, "hrm_prefix_kv_centered")
+    first, last = result.checkpoints[0], result.checkpoints[-1]
+    assert last["train"].ce < 0.1 < first["train"].ce and last["train"].exact >= 7 / 8
+    assert {"prefix", "slots"} <= set(result.grad_step1) and result.grad_step1["slots"] > 0
+    assert set(last["gates"]) == {"prefix_gain", "slots_gain_mean"}
+
+
 def test_the_report_names_every_variant_and_module(setup):
     result = fitted(setup, "hrm_grb")
     text = hybrid_diagnose.report([result])

@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-from hybrid.backbone import tiny_backbone
+from hybrid.backbone import cache_keyword, tiny_backbone
 from hybrid.config import HybridConfig
 from hybrid.generate import DecodeConfig, generate
 from hybrid.model import token_mean_loss
@@ -46,7 +46,7 @@ def test_teacher_forced_logits_are_the_whole_sequences(backbone, depth):
     read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
     answer_ids, answer_mask = answers(model, examples)
     logits = model.lm.answer_logits(read, answer_ids, answer_mask, n_segments=2)
-    softs = list(model.lm.soft_prefixes(read, 2))
+    softs = [c.soft for c in model.lm.conditionings(read, 2)]
     m = model.lm.config.prefix_tokens
     for segment, soft in zip(logits, softs, strict=True):
         expected = []
@@ -64,7 +64,7 @@ def test_decoding_reads_the_soft_tokens_as_training_does(backbone):
     examples = TASK.examples("eval", 3, seed=1)
     prompts = model.collator.prompts(examples)
     read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
-    soft = list(model.lm.soft_prefixes(read, 3))[-1]
+    soft = list(model.lm.conditionings(read, 3))[-1].soft
     decode = DecodeConfig(max_new_tokens=5)
     cached = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=soft)
     recomputed = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=soft, use_cache=False)
@@ -81,8 +81,9 @@ def test_decoding_reads_the_soft_tokens_as_training_does(backbone):
         generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, prompt_cache=read.cache)
 
 
-def test_only_the_controller_side_trains_and_the_loss_drops(backbone):
-    model = trainable(backbone)
+@pytest.mark.parametrize("kv_tokens", [0, 2])
+def test_only_the_controller_side_trains_and_the_loss_drops(backbone, kv_tokens):
+    model = trainable(backbone, prefix_kv_tokens=kv_tokens)
     frozen = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     batch = model.collator(TASK.examples("train", 8, seed=0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -93,7 +94,7 @@ def test_only_the_controller_side_trains_and_the_loss_drops(backbone):
         loss.backward()
         if step == 0:
             grads = {name: p.grad for name, p in model.named_parameters()}
-            for part in ("lm.bridge.", "lm.controller.", "lm.prefix.proj", "lm.prefix.gain"):
+            for part in ("lm.bridge.", "lm.controller.", "lm.prefix.proj", "lm.prefix.gain", *(("lm.slots.down", "lm.slots.up", "lm.slots.gain") if kv_tokens else ())):
                 assert any(name.startswith(part) and g is not None and g.abs().sum() > 0 for name, g in grads.items()), part
         optimizer.step()
         losses.append(metrics["lm_loss"])
@@ -118,6 +119,61 @@ def test_without_deep_supervision_only_the_last_segment_runs_through_the_llm(bac
     expected.backward()
     for (name, p), q in zip(last.named_parameters(), deep.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_key_value_slots_continue_the_prompt_in_every_layer_as_the_models_own_cache(backbone):
+    """Teacher-forced logits with slots = per unpadded row, the model's own forward over soft tokens
+    and answer after a cache that holds the prompt and then the slots (positions counted as tokens)."""
+    model = trainable(backbone, prefix_kv_tokens=2)
+    examples = TASK.examples("train", 3, seed=0)
+    prompts = model.collator.prompts(examples)
+    read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
+    answer_ids, answer_mask = answers(model, examples)
+    logits = model.lm.answer_logits(read, answer_ids, answer_mask, n_segments=2)
+    segments = list(model.lm.conditionings(read, 2))
+    m, k = model.lm.config.prefix_tokens, 2
+    for segment, conditioning in zip(logits, segments, strict=True):
+        assert conditioning.slots.shape == (3, backbone.num_layers, 2, *backbone.kv_heads[:1], k, backbone.kv_heads[1])
+        expected = []
+        for row in range(len(examples)):
+            prompt = prompts["input_ids"][row][prompts["attention_mask"][row].bool()]
+            answer = answer_ids[row][answer_mask[row].bool()]
+            cache = backbone.model(prompt[None], use_cache=True).past_key_values
+            backbone.append_kv(cache, conditioning.slots[row : row + 1])
+            embeds = torch.cat((conditioning.soft[row], backbone.embed(answer))).unsqueeze(0)
+            positions = torch.arange(len(prompt) + k, len(prompt) + k + embeds.shape[1])[None]
+            out = backbone.model(inputs_embeds=embeds, position_ids=positions, **{cache_keyword(backbone.model): cache}).logits[0]
+            expected.append(out[m - 1 : -1])
+        torch.testing.assert_close(segment, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    model.lm.slots = None  # the same soft tokens without the slots: the slots reach the logits
+    assert not torch.allclose(model.lm.answer_logits(model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"]), answer_ids, answer_mask, n_segments=2)[-1], logits[-1], atol=1e-3)
+
+
+def test_decoding_reads_the_key_value_slots_as_training_does(backbone):
+    model = trainable(backbone, prefix_kv_tokens=2)
+    examples = TASK.examples("eval", 3, seed=1)
+    decode = DecodeConfig(max_new_tokens=5)
+    text = model.answer(examples, decode, torch.Generator().manual_seed(0))
+    prompts = model.collator.prompts(examples)
+    read = model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"])
+    last = list(model.lm.conditionings(read, 3))[-1]
+    slots = backbone.append_kv(read.cache, last.slots)
+    cached = generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=last.soft, prompt_cache=read.cache, cache_slots=slots)
+    assert text.texts == cached.texts(backbone.tokenizer)
+    # greedy decoding = the argmax of the teacher-forced training logits on the decoded tokens
+    logits = model.lm.answer_logits(model.lm.read_prompts(prompts["input_ids"], prompts["attention_mask"]), cached.tokens, torch.ones_like(cached.tokens), n_segments=3)[-1]
+    assert torch.equal(logits.argmax(-1), cached.tokens.reshape(-1))
+    with pytest.raises(ValueError, match="cache_slots are key/value slots at the end of a prompt_cache"):
+        generate(backbone, prompts["input_ids"], prompts["attention_mask"], decode, soft_prefix=last.soft, cache_slots=2)
+
+
+def test_key_value_slots_cost_their_bottleneck_only(backbone):
+    plain, slotted = trainable(backbone), trainable(backbone, prefix_kv_tokens=2, prefix_kv_rank=4)
+    heads, head_dim = backbone.kv_heads
+    extra = 4 * (32 + backbone.num_layers * 2 * heads * 2 * head_dim) + backbone.num_layers * 2
+    assert sum(p.numel() for p in slotted.parameters()) - sum(p.numel() for p in plain.parameters()) == extra
+    with pytest.raises(ValueError, match="prefix_kv_tokens are key/value slots of the prefix injector"):
+        HybridConfig(injector="grb", prefix_kv_tokens=2)
 
 
 def test_prefix_refuses_what_it_cannot_condition():
