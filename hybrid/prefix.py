@@ -68,7 +68,7 @@ class KVSlots(nn.Module):
     times a learned gain per layer and kind (0.1 at init).
 
     Slots of random keys and values at the prompt's scale would put noise into every layer (SmolLM2:
-    answer CE 12.5 at step 0, against 3.4 with the soft tokens alone); copies of tokens the LLM has
+    answer CE 12.5 at the first check, against 3.4 with the soft tokens alone); copies of tokens the LLM has
     already read change little, and the controller moves them from there."""
 
     def __init__(self, d_h: int, rank: int, layers: int, heads: int, head_dim: int, tokens: int, eps: float) -> None:
