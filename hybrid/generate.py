@@ -107,6 +107,11 @@ def next_token(logits: Tensor, config: DecodeConfig, generator: torch.Generator)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def extended(mask: Tensor, n: int) -> Tensor:
+    """mask (B, T) followed by n positions every row attends to (slots, soft tokens, a new token)."""
+    return torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, n)], 1)
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: each row's first real token is position 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -169,9 +174,9 @@ def generate(
     pad_id = backbone.tokenizer.pad_token_id
     ids, mask = input_ids, attention_mask
     hidden, cache = (None, prompt_cache) if prompt_cache is not None else backbone.hidden_states(ids, mask, position_ids(mask), use_cache=use_cache)  # the prompt, once
-    mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, cache_slots)], 1)
+    mask = extended(mask, cache_slots)
     if soft_prefix is not None:  # then the soft tokens, after the prompt's cache (or with the whole context, below)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1]).expand(-1, soft_prefix.shape[1])], 1)
+        mask = extended(mask, soft_prefix.shape[1])
         hidden, cache = (backbone.hidden_states(None, mask, position_ids(mask)[:, -soft_prefix.shape[1]:], past_key_values=cache, use_cache=True, inputs_embeds=soft_prefix)
                          if use_cache else (recomputed_states(backbone, input_ids, ids[:, input_ids.shape[1]:], mask, soft_prefix), None))
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
@@ -186,7 +191,7 @@ def generate(
         if len(tokens) == config.max_new_tokens or bool(finished.all()):
             break
         # Finished rows keep decoding pad tokens (mask 1): their outputs are discarded, the batch stays aligned.
-        ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        ids, mask = torch.cat([ids, token[:, None]], 1), extended(mask, 1)
         if use_cache:
             hidden, cache = backbone.hidden_states(token[:, None], mask, position_ids(mask)[:, -1:], past_key_values=cache, use_cache=True)
         else:

@@ -39,7 +39,7 @@ from hybrid.backbone import Backbone
 from hybrid.baselines import seeded
 from hybrid.config import HybridConfig
 from hybrid.controller import build_controller
-from hybrid.generate import Answers, DecodeConfig, generate, position_ids
+from hybrid.generate import Answers, DecodeConfig, extended, generate, position_ids
 from hybrid.injectors import build_bridge
 from hybrid.model import token_mean_loss
 from hybrid.tasks import Collator, Example, pad
@@ -84,6 +84,14 @@ class KVSlots(nn.Module):
         return prompt_kv[..., -self.shape[3] :, :].float() + delta * (self.gain * scale)[..., None, None, None]
 
 
+def prompt_rms(x: Tensor, mask: Tensor, features: tuple[int, ...]) -> Tensor:
+    """RMS over the real tokens of left-padded rows: x (B, P, ...) with the `features` dims averaged
+    per token, then the mean over the tokens mask (B, P) keeps -> (B, ...)."""
+    per_token = x.float().square().mean(features)  # (B, P, ...)
+    weights = mask.view(*mask.shape, *[1] * (per_token.ndim - 2))
+    return (per_token * weights).sum(1).div(weights.sum(1)).sqrt()
+
+
 @dataclass
 class Conditioning:
     """One segment's conditioning of the LLM: its soft tokens and, with prefix_kv_tokens, its slots."""
@@ -122,17 +130,10 @@ class PrefixLM(nn.Module):
     @torch.no_grad()
     def read_prompts(self, input_ids: Tensor, attention_mask: Tensor) -> PromptRead:
         hidden, cache = self.backbone.hidden_states(input_ids, attention_mask, position_ids(attention_mask), use_cache=True, layer=self.layer)
-        embedded = self.backbone.embed(input_ids).float()
-        per_token = embedded.square().mean(-1)  # (B, P)
-        scale = (per_token * attention_mask).sum(1).div(attention_mask.sum(1)).sqrt()
-        kv = self.backbone.upper_kv(cache, -1).permute(0, 2, 3, 4, 1, 5)  # (B, layers, 2, KV heads, P, head dim)
-        return PromptRead(hidden.float(), cache, attention_mask, scale, kv, None if self.slots is None else self._kv_scale(kv, attention_mask))
-
-    @staticmethod
-    def _kv_scale(kv: Tensor, attention_mask: Tensor) -> Tensor:
-        per_token = kv.float().square().mean((-1, -3))  # (B, layers, 2, P)
-        weights = attention_mask[:, None, None, :].float()
-        return (per_token * weights).sum(-1).div(weights.sum(-1)).sqrt()
+        scale = prompt_rms(self.backbone.embed(input_ids), attention_mask, (-1,))
+        kv = self.backbone.upper_kv(cache, -1)  # (B, P, layers, 2, KV heads, head dim)
+        kv_scale = None if self.slots is None else prompt_rms(kv, attention_mask, (-1, -2))
+        return PromptRead(hidden.float(), cache, attention_mask, scale, kv.permute(0, 2, 3, 4, 1, 5), kv_scale)
 
     def conditionings(self, prompts: PromptRead, n_segments: int) -> Iterator[Conditioning]:
         """Each segment's soft tokens and slots."""
@@ -153,8 +154,8 @@ class PrefixLM(nn.Module):
         mask = torch.cat((torch.ones_like(answer_mask[:, :1]).expand(-1, m), answer_mask), 1).repeat(M, 1)
         kv, before = prompts.kv, prompts.mask
         if self.slots is not None:  # each segment's slots continue its rows' prompt, as tokens would
-            kv = torch.cat([torch.cat((kv.float(), segment.slots), 4) for segment in segments])
-            before = torch.cat((before, torch.ones_like(before[:, :1]).expand(-1, self.config.prefix_kv_tokens)), 1)
+            kv = torch.cat([torch.cat((kv, segment.slots.to(kv.dtype)), 4) for segment in segments])
+            before = extended(before, self.config.prefix_kv_tokens)
         else:
             kv = kv.repeat(M, 1, 1, 1, 1, 1)
         top = self.backbone.top_states(inputs, mask, -1, kv, before.repeat(M, 1))
